@@ -1,0 +1,81 @@
+import fp from 'fastify-plugin'
+import { TypeCompiler } from '@sinclair/typebox/compiler'
+import type { FastifyPluginAsync } from 'fastify'
+import auth from './plugins/auth.js'
+import errorHandler from './plugins/error-handler.js'
+import jsonBody from './plugins/json-body.js'
+import keyInjection from './plugins/key-injection.js'
+import requestGuard from './plugins/request-guard.js'
+import upstream from './plugins/upstream.js'
+import health from './routes/health.js'
+import proxyRoutes, { allowedMethods } from './routes/proxy.js'
+import { OaiProxyOptionsSchema, type OaiProxyOptions } from './schemas/config.js'
+import { endpoints as allEndpoints } from './schemas/endpoints.js'
+
+export const VERSION = '0.1.0'
+
+const checkOptions = TypeCompiler.Compile(OaiProxyOptionsSchema)
+
+/** Options with every default filled in; throws (naming the option, never a value) when they are invalid. */
+export function resolveOptions (opts: OaiProxyOptions) {
+  if (!checkOptions.Check(opts)) {
+    const first = checkOptions.Errors(opts).First()
+    throw new Error(`oai-proxy: invalid option ${first?.path ?? ''}: ${first?.message ?? 'invalid'}`)
+  }
+  const url = new URL(opts.upstreamUrl ?? 'https://api.openai.com')
+  if ((url.protocol !== 'https:' && url.protocol !== 'http:') || url.username !== '' || url.password !== '' || url.search !== '' || url.hash !== '') {
+    throw new Error('oai-proxy: invalid option /upstreamUrl: must be an http(s) URL without credentials, query or fragment')
+  }
+  // Tolerate a base URL copied from SDK docs (`…/v1`): endpoint paths already carry `/v1`.
+  const upstreamUrl = url.origin + url.pathname.replace(/\/+$/, '').replace(/\/v1$/, '')
+  const wanted = opts.endpoints
+  const unknown = wanted?.filter((id) => !allEndpoints.some((e) => e.id === id)) ?? []
+  if (unknown.length > 0) throw new Error(`oai-proxy: invalid option /endpoints: unknown endpoint id ${unknown.join(', ')}`)
+  return {
+    ...opts,
+    upstreamUrl,
+    bodyLimit: opts.bodyLimit ?? 10 * 1024 * 1024,
+    maxJsonDepth: opts.maxJsonDepth ?? 64,
+    upstreamConnectTimeoutMs: opts.upstreamConnectTimeoutMs ?? 10_000,
+    upstreamHeadersTimeoutMs: opts.upstreamHeadersTimeoutMs ?? 600_000,
+    upstreamIdleTimeoutMs: opts.upstreamIdleTimeoutMs ?? 300_000,
+    endpoints: wanted === undefined ? allEndpoints : allEndpoints.filter((e) => wanted.includes(e.id)),
+    unprefixedRoutes: opts.unprefixedRoutes ?? true,
+    demo: opts.demo ?? false
+  }
+}
+
+/**
+ * The suite. Registration order here IS the security pipeline (ARCHITECTURE §3): guard, auth, body
+ * parsing and validation, then the allowlisted routes. The whole suite is encapsulated, so a host app's
+ * handlers, parsers and hooks are untouched.
+ */
+const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
+  const opts = resolveOptions(raw)
+  const unprefixed = opts.unprefixedRoutes
+
+  await app.register(errorHandler, { allowedMethods: allowedMethods(opts.endpoints, unprefixed) })
+  await app.register(keyInjection, { openaiKeys: opts.openaiKeys, organization: opts.organization, project: opts.project })
+  await app.register(upstream, {
+    upstreamUrl: opts.upstreamUrl,
+    ca: opts.upstreamCa,
+    connectTimeoutMs: opts.upstreamConnectTimeoutMs,
+    headersTimeoutMs: opts.upstreamHeadersTimeoutMs,
+    idleTimeoutMs: opts.upstreamIdleTimeoutMs
+  })
+
+  app.addHook('onSend', async (request, reply) => {
+    reply.header('x-proxy-request-id', request.id)
+    if (opts.demo) reply.header('x-oai-proxy-demo', 'true')
+  })
+
+  await app.register(health)
+  await app.register(async (pipeline) => {
+    await pipeline.register(requestGuard)
+    await pipeline.register(auth, { proxyKeys: opts.proxyKeys })
+    await pipeline.register(jsonBody, { bodyLimit: opts.bodyLimit, maxJsonDepth: opts.maxJsonDepth })
+    await pipeline.register(proxyRoutes, { endpoints: opts.endpoints, unprefixedRoutes: unprefixed, bodyLimit: opts.bodyLimit, userAgent: `oai-reverse-proxy/${VERSION}` })
+  })
+}
+
+export default fp(oaiProxy, { name: 'oai-proxy', fastify: '5.x', encapsulate: true })

@@ -1,0 +1,58 @@
+import createError, { type FastifyErrorConstructor } from '@fastify/error'
+import type { ErrorEnvelope } from './schemas/errors.js'
+
+/**
+ * The one catalogue of answers the proxy makes itself. Each entry becomes an `@fastify/error` class
+ * (code `OAI_PROXY_<NAME>`) and knows the OpenAI `type`/`code` the official SDKs expect.
+ * Status choices follow openai-wire.md §1.1: deterministic failures never use 408/409/500, which the
+ * SDK would retry.
+ */
+const catalogue = {
+  UNSUPPORTED_ENDPOINT: { status: 404, type: 'invalid_request_error', code: 'unknown_url', message: 'Unknown request URL: %s %s. This proxy only forwards generation endpoints.' },
+  METHOD_NOT_ALLOWED: { status: 405, type: 'invalid_request_error', code: 'method_not_allowed', message: 'Method %s is not allowed on %s.' },
+  MISSING_KEY: { status: 401, type: 'invalid_request_error', code: null, message: "You didn't provide an API key. Send your proxy key as 'Authorization: Bearer <key>'." },
+  INVALID_KEY: { status: 401, type: 'invalid_request_error', code: 'invalid_api_key', message: 'Incorrect API key provided.' },
+  INVALID_JSON: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'We could not parse the JSON body of your request.' },
+  EMPTY_BODY: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The request body is empty; a JSON object is required.' },
+  FORBIDDEN_KEY: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The JSON body contains a forbidden key (__proto__ or constructor.prototype).' },
+  TOO_DEEP: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The JSON body is nested deeper than %s levels.' },
+  INVALID_BODY: { status: 400, type: 'invalid_request_error', code: 'invalid_request_body', message: 'Invalid request: %s' },
+  INVALID_PARAM: { status: 400, type: 'invalid_request_error', code: 'invalid_value', message: 'Invalid path parameter: %s' },
+  BAD_REQUEST: { status: 400, type: 'invalid_request_error', code: 'bad_request', message: 'The request was malformed.' },
+  UNSUPPORTED_MEDIA_TYPE: { status: 415, type: 'invalid_request_error', code: 'unsupported_media_type', message: "Unsupported content type or encoding. Send 'Content-Type: application/json' (UTF-8, not compressed)." },
+  BODY_TOO_LARGE: { status: 413, type: 'invalid_request_error', code: 'request_too_large', message: 'The request body is larger than this proxy accepts.' },
+  UPSTREAM_UNREACHABLE: { status: 502, type: 'server_error', code: 'upstream_unreachable', message: 'The proxy could not reach the upstream API.' },
+  UPSTREAM_BAD_RESPONSE: { status: 502, type: 'server_error', code: 'upstream_bad_response', message: 'The upstream API sent a response the proxy does not accept.' },
+  UPSTREAM_TIMEOUT: { status: 504, type: 'server_error', code: 'upstream_timeout', message: 'The upstream API did not answer in time.' },
+  NO_UPSTREAM_KEYS: { status: 503, type: 'server_error', code: 'upstream_keys_exhausted', message: 'No upstream API key is currently usable. Contact the operator of this proxy.' },
+  INTERNAL: { status: 500, type: 'server_error', code: 'internal_error', message: 'The proxy hit an internal error.' }
+} as const
+
+export type ProxyErrorName = keyof typeof catalogue
+
+/** OpenAI-envelope metadata keyed by `OAI_PROXY_*` code; the error handler reads it. */
+export const openaiShapeByCode = new Map<string, { type: string, code: string | null }>()
+
+function define (name: ProxyErrorName): FastifyErrorConstructor {
+  const entry = catalogue[name]
+  const code = `OAI_PROXY_${name}`
+  openaiShapeByCode.set(code, { type: entry.type, code: entry.code })
+  return createError(code, entry.message, entry.status)
+}
+
+/** Error classes, e.g. `throw new ProxyErrors.INVALID_KEY()`. */
+export const ProxyErrors = Object.fromEntries(
+  (Object.keys(catalogue) as ProxyErrorName[]).map((name) => [name, define(name)])
+) as Record<ProxyErrorName, FastifyErrorConstructor>
+
+/** An error may carry the offending parameter (OpenAI's `param`) and extra response headers. */
+export interface ProxyErrorExtras { param?: string | null, headers?: Record<string, string> }
+
+export function proxyError (name: ProxyErrorName, args: unknown[] = [], extras: ProxyErrorExtras = {}): Error {
+  const err = new ProxyErrors[name](...args)
+  return Object.assign(err, extras)
+}
+
+export function envelope (message: string, type: string, code: string | null, param: string | null = null): ErrorEnvelope {
+  return { error: { message, type, param, code } }
+}

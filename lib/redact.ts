@@ -1,0 +1,100 @@
+import { Transform, type TransformCallback } from 'node:stream'
+
+/*
+ * Redaction has two layers. Upstream *error* texts are scrubbed by pattern (any `sk-…` key, OpenAI's masked
+ * `sk-proj-abcd…wxyz` form, `org-…` and `proj_…` ids), because OpenAI quotes the key it was sent in its
+ * 401s. Every upstream *body* (streams included) additionally has the exact configured secrets cut out by
+ * `SecretRedactor`, a catch-all that costs one Buffer.indexOf per secret per chunk.
+ */
+
+const KEY_PATTERN = /\bsk-[A-Za-z0-9_\-*.…]{3,}/g
+const ORG_PATTERN = /\borg-[A-Za-z0-9]{6,}/g
+const PROJECT_PATTERN = /\bproj_[A-Za-z0-9]{6,}/g
+
+export const REDACTED = '[redacted]'
+
+/** The exact strings that must never reach a client: each key (with and without `sk-`), org and project ids. */
+export function secretForms (secrets: readonly string[]): string[] {
+  const forms = new Set<string>()
+  for (const s of secrets) {
+    if (s.length === 0) continue
+    forms.add(s)
+    if (s.startsWith('sk-') && s.length >= 19) forms.add(s.slice(3))
+  }
+  // Longest first, so a form that contains another is cut whole.
+  return [...forms].sort((a, b) => b.length - a.length)
+}
+
+/** Scrub an upstream error text: exact secrets first, then anything shaped like a key or an account id. */
+export function redactText (text: string, secrets: readonly string[]): string {
+  let out = text
+  for (const s of secrets) out = out.split(s).join(REDACTED)
+  return out
+    .replace(KEY_PATTERN, 'sk-' + REDACTED)
+    .replace(ORG_PATTERN, 'org-' + REDACTED)
+    .replace(PROJECT_PATTERN, 'proj_' + REDACTED)
+}
+
+/**
+ * A byte stream filter that replaces every occurrence of the given secrets. It holds back only a chunk
+ * tail that could be the start of a secret, so an SSE frame (which ends in "\n\n") is never delayed.
+ */
+export class SecretRedactor extends Transform {
+  readonly #secrets: Buffer[]
+  readonly #replacement = Buffer.from(REDACTED)
+  #carry: Buffer = Buffer.alloc(0)
+
+  constructor (secrets: readonly string[]) {
+    super()
+    this.#secrets = secretForms(secrets).map((s) => Buffer.from(s))
+  }
+
+  override _transform (chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    const data = this.#carry.length > 0 ? Buffer.concat([this.#carry, chunk]) : chunk
+    const hold = this.#holdback(data)
+    const ready = data.subarray(0, data.length - hold)
+    this.#carry = hold > 0 ? Buffer.from(data.subarray(data.length - hold)) : Buffer.alloc(0)
+    if (ready.length > 0) this.push(this.#scrub(ready))
+    done()
+  }
+
+  override _flush (done: TransformCallback): void {
+    if (this.#carry.length > 0) this.push(this.#scrub(this.#carry))
+    done()
+  }
+
+  #scrub (data: Buffer): Buffer {
+    const cuts: Array<[number, number]> = []
+    for (const s of this.#secrets) {
+      for (let at = data.indexOf(s); at !== -1; at = data.indexOf(s, at + s.length)) cuts.push([at, at + s.length])
+    }
+    if (cuts.length === 0) return data
+    cuts.sort((a, b) => a[0] - b[0])
+    const parts: Buffer[] = []
+    let pos = 0
+    for (const [start, end] of cuts) {
+      if (end <= pos) continue
+      if (start >= pos) parts.push(data.subarray(pos, start), this.#replacement)
+      pos = end
+    }
+    parts.push(data.subarray(pos))
+    return Buffer.concat(parts)
+  }
+
+  /** Length of the longest tail of `data` that is a proper prefix of some secret (0 if none). */
+  #holdback (data: Buffer): number {
+    let hold = 0
+    for (const s of this.#secrets) {
+      const from = Math.max(0, data.length - s.length + 1)
+      for (let i = from; i < data.length; i++) {
+        const tail = data.length - i
+        if (data[i] === s[0] && data.subarray(i).equals(s.subarray(0, tail))) {
+          // The leftmost match is the longest tail for this secret.
+          hold = Math.max(hold, tail)
+          break
+        }
+      }
+    }
+    return hold
+  }
+}

@@ -1,0 +1,74 @@
+import fp from 'fastify-plugin'
+import { createHash, timingSafeEqual } from 'node:crypto'
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import { proxyError } from '../errors.js'
+import { fingerprint } from '../lib/key-pool.js'
+
+export interface AuthOptions {
+  /** Keys clients must present. Empty: the proxy is open (a loud warning is logged at start-up). */
+  proxyKeys?: readonly string[] | undefined
+}
+
+/** Who is calling. `id` keys rate limits and logs; it never contains a secret. */
+export interface OaiProxyClient {
+  id: string
+  kind: 'proxy-key' | 'anonymous'
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    oaiProxyClient: OaiProxyClient | null
+  }
+}
+
+const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
+
+/** Compare `candidate` to every configured key in constant time: both sides are hashed to 32 bytes first. */
+export function matchKey (candidate: string, keyDigests: readonly Buffer[]): number {
+  const d = digest(candidate)
+  let found = -1
+  for (let i = 0; i < keyDigests.length; i++) {
+    // No early exit: the time taken does not depend on which key (if any) matched.
+    if (timingSafeEqual(d, keyDigests[i] as Buffer) && found === -1) found = i
+  }
+  return found
+}
+
+/** The presented key: `Authorization: Bearer`, else `x-api-key`, else `api-key`. Never the query string or a cookie. */
+export function presentedKey (request: FastifyRequest): string | undefined {
+  const auth = request.headers.authorization
+  if (typeof auth === 'string' && auth.length > 0) {
+    const m = /^Bearer[ \t]+([\x21-\x7e]+)[ \t]*$/i.exec(auth)
+    return m?.[1] ?? ''
+  }
+  for (const name of ['x-api-key', 'api-key']) {
+    const v = request.headers[name]
+    if (typeof v === 'string' && v.length > 0) return v.trim()
+  }
+  return undefined
+}
+
+const auth: FastifyPluginAsync<AuthOptions> = async (app, opts) => {
+  const keys = [...new Set(opts.proxyKeys ?? [])]
+  const digests = keys.map(digest)
+  const ids = keys.map((k) => fingerprint(k, 'client'))
+  if (keys.length === 0) {
+    app.log.warn('oai-proxy: no proxy keys configured (PROXY_KEY); anyone who can reach this proxy can spend the upstream key')
+  }
+  app.decorateRequest('oaiProxyClient', null)
+
+  // onRequest runs before the body is read: an unauthenticated client cannot make us buffer anything.
+  app.addHook('onRequest', async (request) => {
+    if (keys.length === 0) {
+      request.oaiProxyClient = { id: `ip:${request.ip}`, kind: 'anonymous' }
+      return
+    }
+    const candidate = presentedKey(request)
+    if (candidate === undefined) throw proxyError('MISSING_KEY')
+    const index = candidate.length > 0 && candidate.length <= 1024 ? matchKey(candidate, digests) : -1
+    if (index === -1) throw proxyError('INVALID_KEY')
+    request.oaiProxyClient = { id: ids[index] as string, kind: 'proxy-key' }
+  })
+}
+
+export default fp(auth, { name: 'oai-proxy-auth', fastify: '5.x' })

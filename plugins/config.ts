@@ -1,0 +1,118 @@
+import { isIP } from 'node:net'
+import { readFileSync } from 'node:fs'
+import envSchema from 'env-schema'
+import { EnvSchema, type Env, type OaiProxyOptions } from '../schemas/config.js'
+
+/*
+ * The environment -> options step, used only by `server.ts`. It runs @fastify/env's engine (env-schema)
+ * directly rather than the plugin, because the logger, body limit, trustProxy and timeouts are Fastify
+ * constructor options and must be known before any plugin is registered. Every error names the variable
+ * and never prints its value.
+ */
+
+export interface ServerConfig {
+  host: string
+  port: number
+  logLevel: string
+  trustProxy: false | number | string[]
+  requestTimeoutMs: number
+  shutdownGraceMs: number
+  production: boolean
+}
+
+export interface LoadedConfig {
+  server: ServerConfig
+  /** `openaiKeys` is empty in demo mode: the server fills it in with the built-in fake upstream. */
+  proxy: OaiProxyOptions
+  /** No OPENAI_KEY outside production: front the built-in fake upstream. */
+  demo: boolean
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+const list = (value: string | undefined): string[] => (value ?? '').split(/[,\n]/).map((s) => s.trim()).filter((s) => s.length > 0)
+
+function secrets (name: string, value: string | undefined): string[] {
+  const items = list(value)
+  items.forEach((item, i) => {
+    if (!/^[\x21-\x7e]{1,512}$/.test(item)) throw new ConfigError(`${name}: entry ${i + 1} has invalid characters or length`)
+  })
+  return items
+}
+
+/** TRUST_PROXY: unset/false, a hop count, or a list of proxy IPs/CIDRs. `true` (trust anyone) is refused. */
+export function parseTrustProxy (value: string | undefined): false | number | string[] {
+  const v = (value ?? '').trim()
+  if (v === '' || v === 'false' || v === '0') return false
+  if (/^\d+$/.test(v)) return Number(v)
+  if (v === 'true') throw new ConfigError('TRUST_PROXY: "true" would let any client choose its IP; give a hop count or the proxy addresses (IP or CIDR)')
+  const entries = list(v)
+  for (const e of entries) {
+    const [addr, bits, extra] = e.split('/')
+    const family = isIP(addr ?? '')
+    const maxBits = family === 4 ? 32 : 128
+    const badBits = bits !== undefined && (!/^\d+$/.test(bits) || Number(bits) > maxBits)
+    if (family === 0 || badBits || extra !== undefined || (addr ?? '').toLowerCase().startsWith('::ffff:')) {
+      throw new ConfigError(`TRUST_PROXY: "${e}" is not an IPv4/IPv6 address or CIDR (write IPv4 ranges in IPv4 form)`)
+    }
+  }
+  return entries
+}
+
+export function readConfig (source: Record<string, string | undefined>): LoadedConfig {
+  let env: Env
+  try {
+    env = envSchema<Env>({ schema: structuredClone(EnvSchema), data: source, env: false, dotenv: false })
+  } catch (err) {
+    throw new ConfigError(`invalid environment: ${(err as Error).message}`)
+  }
+  if (env.NODE_TLS_REJECT_UNAUTHORIZED === '0') {
+    throw new ConfigError('NODE_TLS_REJECT_UNAUTHORIZED=0 turns off TLS verification for the upstream; unset it (use UPSTREAM_CA_FILE for a private CA)')
+  }
+  const production = env.NODE_ENV === 'production'
+  const openaiKeys = secrets('OPENAI_KEY', env.OPENAI_KEY)
+  if (openaiKeys.length === 0 && production) throw new ConfigError('OPENAI_KEY is required when NODE_ENV=production')
+
+  let upstreamCa: string | undefined
+  if (env.UPSTREAM_CA_FILE !== undefined) {
+    try {
+      upstreamCa = readFileSync(env.UPSTREAM_CA_FILE, 'utf8')
+    } catch {
+      throw new ConfigError('UPSTREAM_CA_FILE: cannot read the file')
+    }
+  }
+  const organization = secrets('OPENAI_ORGANIZATION', env.OPENAI_ORGANIZATION)[0]
+  const project = secrets('OPENAI_PROJECT', env.OPENAI_PROJECT)[0]
+  const endpoints = list(env.ENDPOINTS)
+
+  const proxy: OaiProxyOptions = {
+    openaiKeys,
+    proxyKeys: secrets('PROXY_KEY', env.PROXY_KEY),
+    ...(env.UPSTREAM_URL === undefined ? {} : { upstreamUrl: env.UPSTREAM_URL }),
+    ...(organization === undefined ? {} : { organization }),
+    ...(project === undefined ? {} : { project }),
+    ...(upstreamCa === undefined ? {} : { upstreamCa }),
+    ...(env.BODY_LIMIT === undefined ? {} : { bodyLimit: env.BODY_LIMIT }),
+    ...(env.MAX_JSON_DEPTH === undefined ? {} : { maxJsonDepth: env.MAX_JSON_DEPTH }),
+    ...(env.UPSTREAM_CONNECT_TIMEOUT_MS === undefined ? {} : { upstreamConnectTimeoutMs: env.UPSTREAM_CONNECT_TIMEOUT_MS }),
+    ...(env.UPSTREAM_HEADERS_TIMEOUT_MS === undefined ? {} : { upstreamHeadersTimeoutMs: env.UPSTREAM_HEADERS_TIMEOUT_MS }),
+    ...(env.UPSTREAM_IDLE_TIMEOUT_MS === undefined ? {} : { upstreamIdleTimeoutMs: env.UPSTREAM_IDLE_TIMEOUT_MS }),
+    ...(endpoints.length === 0 ? {} : { endpoints })
+  }
+
+  return {
+    server: {
+      host: env.HOST ?? '127.0.0.1',
+      port: env.PORT ?? 8080,
+      logLevel: env.LOG_LEVEL ?? 'info',
+      trustProxy: parseTrustProxy(env.TRUST_PROXY),
+      requestTimeoutMs: env.REQUEST_TIMEOUT_MS ?? 60_000,
+      shutdownGraceMs: env.SHUTDOWN_GRACE_MS ?? 10_000,
+      production
+    },
+    proxy,
+    demo: openaiKeys.length === 0
+  }
+}

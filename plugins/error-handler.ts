@@ -1,0 +1,70 @@
+import fp from 'fastify-plugin'
+import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import { envelope, openaiShapeByCode, proxyError, type ProxyErrorExtras } from '../errors.js'
+
+export interface ErrorHandlerOptions {
+  /** For a path we serve under another method: the methods it does allow (405 instead of 404). */
+  allowedMethods: (url: string) => readonly string[]
+}
+
+/** Fastify's own errors that reach us, mapped onto the catalogue. */
+const FASTIFY_CODES: Record<string, Parameters<typeof proxyError>[0]> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_CTP_INVALID_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'BODY_TOO_LARGE',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'EMPTY_BODY',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'INVALID_JSON',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'BAD_REQUEST'
+}
+
+/** `/messages/0/role` -> `messages[0].role`, as OpenAI names parameters. */
+export function paramName (instancePath: string): string | null {
+  const parts = instancePath.split('/').filter((p) => p.length > 0)
+  if (parts.length === 0) return null
+  return parts.reduce((acc, p) => (/^\d+$/.test(p) ? `${acc}[${p}]` : acc.length === 0 ? p : `${acc}.${p}`), '')
+}
+
+function normalise (err: FastifyError & ProxyErrorExtras): FastifyError & ProxyErrorExtras {
+  if (err.code?.startsWith('OAI_PROXY_')) return err
+  if (err.validation !== undefined) {
+    const first = err.validation[0]
+    const param = first === undefined ? null : paramName(first.instancePath)
+    const where = err.validationContext === 'params' ? 'INVALID_PARAM' : 'INVALID_BODY'
+    const detail = `${param ?? err.validationContext ?? 'body'}: ${first?.message ?? 'invalid'}`
+    return proxyError(where, [detail], { param }) as FastifyError
+  }
+  const mapped = err.code === undefined ? undefined : FASTIFY_CODES[err.code]
+  if (mapped !== undefined) return proxyError(mapped) as FastifyError
+  if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) return proxyError('BAD_REQUEST') as FastifyError
+  return proxyError('INTERNAL') as FastifyError
+}
+
+/**
+ * One error handler and one not-found handler for the suite's scope: every answer the proxy makes itself
+ * is OpenAI's envelope, so the SDKs raise the right class. A host app's own handlers are untouched.
+ */
+const errorHandler: FastifyPluginAsync<ErrorHandlerOptions> = async (app, opts) => {
+  app.setErrorHandler(async (error: FastifyError & ProxyErrorExtras, request: FastifyRequest, reply: FastifyReply) => {
+    const err = normalise(error)
+    const status = err.statusCode ?? 500
+    if (status >= 500) {
+      request.log.error({ err: error }, 'oai-proxy: request failed')
+    } else {
+      request.log.info({ code: err.code, status }, 'oai-proxy: request refused')
+    }
+    const shape = openaiShapeByCode.get(err.code) ?? { type: 'server_error', code: null }
+    if (err.headers !== undefined) reply.headers(err.headers)
+    return reply.code(status).type('application/json').send(envelope(err.message, shape.type, shape.code, err.param ?? null))
+  })
+
+  app.setNotFoundHandler(async (request, reply) => {
+    const path = request.url.split('?')[0]?.slice(0, 200) ?? ''
+    const allowed = opts.allowedMethods(request.url)
+    const err = allowed.length > 0
+      ? proxyError('METHOD_NOT_ALLOWED', [request.method, path], { headers: { allow: allowed.join(', ') } })
+      : proxyError('UNSUPPORTED_ENDPOINT', [request.method, path])
+    throw err
+  })
+}
+
+export default fp(errorHandler, { name: 'oai-proxy-error-handler', fastify: '5.x' })

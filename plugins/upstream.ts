@@ -1,0 +1,51 @@
+import fp from 'fastify-plugin'
+import { Agent, type Dispatcher } from 'undici'
+import type { FastifyPluginAsync } from 'fastify'
+
+export interface UpstreamOptions {
+  /** Origin plus optional path prefix, already normalised (no trailing `/` or `/v1`). */
+  upstreamUrl: string
+  /** Extra trusted CA certificate(s), PEM. */
+  ca?: string | undefined
+  connectTimeoutMs: number
+  headersTimeoutMs: number
+  idleTimeoutMs: number
+}
+
+export interface OaiProxyUpstream {
+  origin: string
+  /** Path prefix prepended to every endpoint path (usually ''). */
+  basePath: string
+  dispatcher: Dispatcher
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    oaiProxyUpstream: OaiProxyUpstream
+  }
+}
+
+/**
+ * Our own undici Agent for the upstream. It verifies TLS certificates (undici's default; we never pass
+ * `rejectUnauthorized: false`, unlike @fastify/reply-from's defaults), follows no redirects (plain
+ * `request` has no redirect interceptor) and bounds every wait.
+ */
+const upstream: FastifyPluginAsync<UpstreamOptions> = async (app, opts) => {
+  const url = new URL(opts.upstreamUrl)
+  const dispatcher = new Agent({
+    connect: {
+      timeout: opts.connectTimeoutMs,
+      rejectUnauthorized: true,
+      ...(opts.ca === undefined ? {} : { ca: opts.ca })
+    },
+    headersTimeout: opts.headersTimeoutMs,
+    bodyTimeout: opts.idleTimeoutMs,
+    keepAliveTimeout: 30_000
+  })
+  app.decorate('oaiProxyUpstream', { origin: url.origin, basePath: url.pathname.replace(/\/+$/, ''), dispatcher })
+  app.addHook('onClose', async () => {
+    await dispatcher.destroy()
+  })
+}
+
+export default fp(upstream, { name: 'oai-proxy-upstream', fastify: '5.x' })

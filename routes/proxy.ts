@@ -1,0 +1,142 @@
+import { pipeline } from 'node:stream'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import { proxyError } from '../errors.js'
+import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js'
+import { SecretRedactor } from '../lib/redact.js'
+import { judgeUpstreamError, readCapped } from '../lib/upstream-errors.js'
+import { typeboxValidator } from '../lib/validator.js'
+import { upstreamPath, type EndpointDefinition } from '../schemas/endpoints.js'
+
+export interface ProxyRoutesOptions {
+  endpoints: readonly EndpointDefinition[]
+  /** Serve each endpoint at `/<path>` as well as `/v1/<path>`. */
+  unprefixedRoutes: boolean
+  bodyLimit: number
+  userAgent: string
+}
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The endpoint-table row a proxy route was generated from. */
+    oaiProxyEndpoint?: EndpointDefinition
+  }
+}
+
+/** Map an undici failure onto the catalogue; the client learns the class of failure, never the details. */
+function upstreamFailure (err: unknown): Error {
+  const code = (err as { code?: string }).code
+  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+    return proxyError('UPSTREAM_TIMEOUT')
+  }
+  return proxyError('UPSTREAM_UNREACHABLE')
+}
+
+function firstHeader (value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value
+}
+
+function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
+  const { dispatcher, origin, basePath } = app.oaiProxyUpstream
+  const keys = app.oaiProxyKeys
+
+  return async function forward (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const endpoint = request.routeOptions.config.oaiProxyEndpoint as EndpointDefinition
+    const path = basePath + upstreamPath(endpoint, request.params as Record<string, string>)
+    // Re-serialise: upstream receives exactly the values we validated (duplicate keys resolved, no raw bytes).
+    const body = endpoint.method === 'POST' ? JSON.stringify(request.body) : undefined
+
+    // A client that goes away aborts the upstream call, before or after its headers arrive.
+    const abort = new AbortController()
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) abort.abort()
+    })
+
+    const tried = new Set<string>()
+    for (;;) {
+      const key = keys.pool.acquire(tried)
+      if (key === undefined) throw proxyError('NO_UPSTREAM_KEYS', [], { headers: { 'x-should-retry': 'false' } })
+      tried.add(key.id)
+      const headers = upstreamRequestHeaders(request.headers, { key: key.key, organization: keys.organization, project: keys.project, userAgent: opts.userAgent }, body !== undefined)
+
+      let res
+      try {
+        res = await dispatcher.request({ origin, path, method: endpoint.method, headers, body, signal: abort.signal })
+      } catch (err) {
+        request.log.warn({ code: (err as { code?: string }).code, key: key.id, aborted: abort.signal.aborted }, 'oai-proxy: upstream request failed')
+        throw upstreamFailure(err)
+      }
+
+      const status = res.statusCode
+      if (status >= 200 && status < 300) {
+        const encoding = firstHeader(res.headers['content-encoding'])
+        if (encoding !== undefined && encoding.toLowerCase() !== 'identity') {
+          res.body.destroy()
+          throw proxyError('UPSTREAM_BAD_RESPONSE')
+        }
+        const out = new SecretRedactor(keys.secrets)
+        // pipeline: an upstream that dies mid-stream destroys `out`, so the client's response is cut off
+        // (never ended cleanly); a client that leaves destroys `out`, which aborts the upstream body.
+        pipeline(res.body, out, (err) => {
+          if (err !== undefined && err !== null) request.log.warn({ code: (err as { code?: string }).code }, 'oai-proxy: upstream stream ended abnormally')
+        })
+        return reply.code(status).headers(clientResponseHeaders(res.headers)).send(out)
+      }
+      if (status < 400) {
+        // OpenAI does not redirect; a 3xx means something between us and it is wrong. Never follow it.
+        res.body.destroy()
+        throw proxyError('UPSTREAM_BAD_RESPONSE')
+      }
+
+      let text: string | null
+      try {
+        text = await readCapped(res.body)
+      } catch (err) {
+        throw upstreamFailure(err)
+      }
+      const verdict = judgeUpstreamError(status, text, firstHeader(res.headers['retry-after']), keys.secrets)
+      if (verdict.disable !== undefined) {
+        keys.pool.disable(key.id, verdict.disable)
+        request.log.warn({ key: key.id, reason: verdict.disable }, 'oai-proxy: upstream key taken out of rotation')
+        continue
+      }
+      if (verdict.coolDownMs !== undefined) keys.pool.coolDown(key.id, verdict.coolDownMs)
+      return reply.code(verdict.status).headers(clientResponseHeaders(res.headers)).type('application/json').send(verdict.body)
+    }
+  }
+}
+
+/** The allowlisted routes, generated from the endpoint table. Nothing else in the suite talks to upstream. */
+const proxyRoutes: FastifyPluginAsync<ProxyRoutesOptions> = async (app, opts) => {
+  app.setValidatorCompiler(typeboxValidator)
+  const handler = forwarder(app, opts)
+  for (const endpoint of opts.endpoints) {
+    for (const prefix of opts.unprefixedRoutes ? ['/v1', ''] : ['/v1']) {
+      app.route({
+        method: endpoint.method,
+        url: prefix + endpoint.path,
+        exposeHeadRoute: false,
+        bodyLimit: opts.bodyLimit,
+        schema: {
+          ...(endpoint.body === undefined ? {} : { body: endpoint.body }),
+          ...(endpoint.params === undefined ? {} : { params: endpoint.params })
+        },
+        config: { oaiProxyEndpoint: endpoint },
+        handler
+      })
+    }
+  }
+}
+
+export default proxyRoutes
+
+/** Methods served at a request URL (for 405 answers); empty when the path is not ours at all. */
+export function allowedMethods (endpoints: readonly EndpointDefinition[], unprefixed: boolean): (url: string) => string[] {
+  const table = endpoints.map((e) => ({
+    method: e.method,
+    pattern: new RegExp('^' + (unprefixed ? '(?:/v1)?' : '/v1') + e.path.replace(/:[a-z_]+/g, '[^/]+') + '$')
+  }))
+  return (url) => {
+    const path = url.split('?')[0] ?? ''
+    return [...new Set(table.filter((t) => t.pattern.test(path)).map((t) => t.method))]
+  }
+}

@@ -1,0 +1,73 @@
+import { Type, type Static } from '@sinclair/typebox'
+
+/*
+ * The options of the suite plugin (`oaiProxy`). Library users pass these directly; `server.ts` derives them
+ * from the environment (`plugins/config.ts`). Defaults live in `resolveOptions`, not here, so the schema
+ * stays a pure check.
+ */
+
+const Secret = Type.String({ minLength: 1, maxLength: 512, pattern: '^[\\x21-\\x7e]+$' })
+const Millis = Type.Integer({ minimum: 1, maximum: 24 * 3600 * 1000 })
+
+export const OaiProxyOptionsSchema = Type.Object({
+  /** Upstream origin (optionally with a path prefix). A trailing `/v1` is tolerated. Default `https://api.openai.com`. */
+  upstreamUrl: Type.Optional(Type.String({ minLength: 1 })),
+  /** One or more upstream API keys; rotated least-recently-used. */
+  openaiKeys: Type.Array(Secret, { minItems: 1 }),
+  /** Sent upstream as `OpenAI-Organization`; the client's own value is never forwarded. */
+  organization: Type.Optional(Secret),
+  /** Sent upstream as `OpenAI-Project`; the client's own value is never forwarded. */
+  project: Type.Optional(Secret),
+  /** Keys clients must present. Empty or absent: the proxy is open to anyone who can reach it. */
+  proxyKeys: Type.Optional(Type.Array(Secret)),
+  /** Extra CA certificate(s), PEM, trusted for the upstream TLS connection. Verification is never turned off. */
+  upstreamCa: Type.Optional(Type.String({ minLength: 1 })),
+  /** Largest JSON request body in bytes. Default 10 MiB. */
+  bodyLimit: Type.Optional(Type.Integer({ minimum: 1024, maximum: 256 * 1024 * 1024 })),
+  /** Deepest JSON nesting accepted. Default 64. */
+  maxJsonDepth: Type.Optional(Type.Integer({ minimum: 4, maximum: 1024 })),
+  /** Time to connect to upstream. Default 10 s. */
+  upstreamConnectTimeoutMs: Type.Optional(Millis),
+  /** Time for upstream to send response headers (a non-streamed reasoning call can take minutes). Default 10 min. */
+  upstreamHeadersTimeoutMs: Type.Optional(Millis),
+  /** Longest silence between two body chunks from upstream. Default 5 min. */
+  upstreamIdleTimeoutMs: Type.Optional(Millis),
+  /** Endpoint ids to expose (see `schemas/endpoints.ts`). Default: all. */
+  endpoints: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
+  /** Also serve every endpoint without the `/v1` prefix. Default true. */
+  unprefixedRoutes: Type.Optional(Type.Boolean()),
+  /** Demo mode: mark every response with `x-oai-proxy-demo: true`. */
+  demo: Type.Optional(Type.Boolean())
+}, { additionalProperties: false })
+
+export type OaiProxyOptions = Static<typeof OaiProxyOptionsSchema>
+
+/**
+ * The environment `server.ts` reads. Names follow ARCHITECTURE §5; the original oai-reverse-proxy's names
+ * are accepted where it had one. Everything is a string here; `plugins/config.ts` turns them into options.
+ */
+const Int = (min: number, max: number) => Type.Optional(Type.Integer({ minimum: min, maximum: max }))
+
+export const EnvSchema = Type.Object({
+  NODE_ENV: Type.Optional(Type.String()),
+  OPENAI_KEY: Type.Optional(Type.String()),
+  UPSTREAM_URL: Type.Optional(Type.String()),
+  OPENAI_ORGANIZATION: Type.Optional(Type.String()),
+  OPENAI_PROJECT: Type.Optional(Type.String()),
+  PROXY_KEY: Type.Optional(Type.String()),
+  UPSTREAM_CA_FILE: Type.Optional(Type.String()),
+  TRUST_PROXY: Type.Optional(Type.String()),
+  BODY_LIMIT: Int(1024, 256 * 1024 * 1024),
+  MAX_JSON_DEPTH: Int(4, 1024),
+  HOST: Type.Optional(Type.String({ minLength: 1 })),
+  PORT: Int(0, 65535),
+  LOG_LEVEL: Type.Optional(Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)))),
+  REQUEST_TIMEOUT_MS: Int(1000, 3600 * 1000),
+  UPSTREAM_CONNECT_TIMEOUT_MS: Int(1, 3600 * 1000),
+  UPSTREAM_HEADERS_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),
+  UPSTREAM_IDLE_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),
+  SHUTDOWN_GRACE_MS: Int(0, 3600 * 1000),
+  ENDPOINTS: Type.Optional(Type.String()),
+  NODE_TLS_REJECT_UNAUTHORIZED: Type.Optional(Type.String())
+})
+export type Env = Static<typeof EnvSchema>

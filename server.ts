@@ -1,0 +1,95 @@
+import { randomBytes } from 'node:crypto'
+import { pathToFileURL } from 'node:url'
+import Fastify, { type FastifyInstance } from 'fastify'
+import oaiProxy from './app.js'
+import { ConfigError, readConfig, type LoadedConfig } from './plugins/config.js'
+import { startFakeOpenAI, type FakeOpenAI } from './testing/fake-openai.js'
+
+/*
+ * The standalone server: environment -> options -> Fastify -> oaiProxy -> listen. The only file that reads
+ * process.env. Without OPENAI_KEY (and outside production) it fronts the built-in fake upstream, loudly.
+ */
+
+export interface RunningServer {
+  app: FastifyInstance
+  url: string
+  config: LoadedConfig
+  /** The built-in fake upstream, in demo mode. */
+  fake?: FakeOpenAI
+  /** Stop accepting, let in-flight requests drain for SHUTDOWN_GRACE_MS, then cut the rest. */
+  shutdown: () => Promise<void>
+}
+
+const DEMO_BANNER = 'DEMO MODE: no OPENAI_KEY is set, so this proxy fronts a built-in FAKE OpenAI upstream. ' +
+  'Answers are canned. Set OPENAI_KEY to proxy the real API (NODE_ENV=production refuses to start without it).'
+
+const hops = (n: number) => (_addr: string, i: number): boolean => i < n
+
+export async function startServer (env: Record<string, string | undefined> = process.env): Promise<RunningServer> {
+  const config = readConfig(env)
+  const { server } = config
+  const app = Fastify({
+    logger: {
+      level: server.logLevel,
+      // Belt and braces: our code never logs headers, but a host or a debug session might.
+      redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers["api-key"]', 'req.headers.cookie', 'headers.authorization'], censor: '[redacted]' }
+    },
+    // A hop count becomes proxy-addr's own rule (trust the i nearest hops); Fastify's types omit numbers.
+    trustProxy: typeof server.trustProxy === 'number' ? hops(server.trustProxy) : server.trustProxy,
+    requestTimeout: server.requestTimeoutMs,
+    keepAliveTimeout: 72_000,
+    onProtoPoisoning: 'error',
+    onConstructorPoisoning: 'error',
+    return503OnClosing: true
+  })
+  // Node's default is 60 s; a client must finish sending headers well within the request timeout.
+  app.server.headersTimeout = Math.min(30_000, server.requestTimeoutMs)
+
+  let fake: FakeOpenAI | undefined
+  let proxy = config.proxy
+  if (config.demo) {
+    fake = await startFakeOpenAI({ chunkDelayMs: 30 })
+    proxy = { ...proxy, upstreamUrl: fake.url, openaiKeys: [`sk-demo-${randomBytes(16).toString('hex')}`], demo: true }
+    app.log.warn(DEMO_BANNER)
+    process.stderr.write(`\n*** ${DEMO_BANNER} ***\n\n`)
+  }
+  await app.register(oaiProxy, proxy)
+
+  const url = await app.listen({ host: server.host, port: server.port })
+
+  let closing: Promise<void> | undefined
+  const shutdown = (): Promise<void> => {
+    closing ??= (async () => {
+      const timer = setTimeout(() => {
+        app.log.warn('oai-proxy: shutdown grace period over, closing remaining connections')
+        app.server.closeAllConnections()
+      }, server.shutdownGraceMs)
+      await app.close()
+      clearTimeout(timer)
+      await fake?.close()
+    })()
+    return closing
+  }
+  return { app, url, config, shutdown, ...(fake === undefined ? {} : { fake }) }
+}
+
+async function main (): Promise<void> {
+  let running: RunningServer
+  try {
+    running = await startServer()
+  } catch (err) {
+    const message = err instanceof ConfigError ? err.message : `start-up failed: ${(err as Error).message}`
+    process.stderr.write(`oai-reverse-proxy: ${message}\n`)
+    process.exit(1)
+  }
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(signal, () => {
+      running.app.log.info({ signal }, 'oai-proxy: shutting down')
+      running.shutdown().then(() => process.exit(0), () => process.exit(1))
+    })
+  }
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  void main()
+}
