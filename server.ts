@@ -91,5 +91,8 @@ async function main (): Promise<void> {
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  void main()
+  main().catch((err: unknown) => {
+    process.stderr.write(`oai-reverse-proxy: ${(err as Error).message}\n`)
+    process.exit(1)
+  })
 }
