@@ -54,6 +54,9 @@ const errorHandler: FastifyPluginAsync<ErrorHandlerOptions> = async (app, opts) 
     }
     const shape = openaiShapeByCode.get(err.code) ?? { type: 'server_error', code: null }
     if (err.headers !== undefined) reply.headers(err.headers)
+    // Refused before reading the body (auth, limits): close the connection rather than drain what may be
+    // megabytes the client is still sending.
+    if (!request.raw.complete) reply.header('connection', 'close')
     return reply.code(status).type('application/json').send(envelope(err.message, shape.type, shape.code, err.param ?? null))
   })
 

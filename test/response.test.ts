@@ -1,0 +1,109 @@
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import t from 'tap'
+import { assertNoLeak, chatBody, proxyTest, randomToken, seenByClient, type Harness } from './helper.js'
+
+const post = (h: Harness) => h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: h.auth, payload: chatBody() })
+
+proxyTest(t, 'response headers come back from an allowlist only', {}, async (h, t) => {
+  h.upstream.script(() => ({
+    kind: 'json',
+    headers: {
+      'openai-organization': h.organization,
+      'openai-project': h.project,
+      'openai-version': '2020-10-01',
+      'x-ratelimit-limit-requests': '10000',
+      'x-ratelimit-remaining-tokens': '29000',
+      'set-cookie': ['__cf_bm=abc; path=/; domain=.api.openai.com', '_cfuvid=xyz'],
+      'access-control-allow-origin': '*',
+      'access-control-allow-credentials': 'true',
+      'cf-ray': '8f00000000-AMS',
+      server: 'cloudflare',
+      'alt-svc': 'h3=":443"',
+      'strict-transport-security': 'max-age=31536000',
+      via: '1.1 google',
+      'x-envoy-upstream-service-time': '12'
+    },
+    body: { ok: true }
+  }))
+  const res = await post(h)
+  t.equal(res.statusCode, 200)
+  const names = Object.keys(res.headers).filter((n) => !['date', 'connection', 'keep-alive', 'transfer-encoding', 'content-length'].includes(n)).sort()
+  t.strictSame(names, ['content-type', 'openai-processing-ms', 'openai-version', 'x-proxy-request-id', 'x-request-id'])
+  assertNoLeak(t, seenByClient(res), h.secrets, 'response')
+})
+
+proxyTest(t, 'upstream error bodies keep OpenAI\'s envelope with keys and account ids redacted', {}, async (h, t) => {
+  const foreignKey = `sk-${randomToken(48)}`
+  h.upstream.script(() => ({
+    kind: 'json',
+    status: 403,
+    headers: { 'content-type': 'text/html' },
+    body: {
+      error: {
+        message: `Key ${foreignKey} (masked sk-proj-abcd****************wxyz, ${h.keys[0]}) in ${h.organization} / ${h.project} and org-Zq81kLmPq0 proj_AAAAbbbbCCCC is not allowed`,
+        type: 'invalid_request_error',
+        param: null,
+        code: 'unsupported_country_region_territory',
+        internal_debug: h.keys[0]
+      }
+    }
+  }))
+  const res = await post(h)
+  t.equal(res.statusCode, 403)
+  t.equal(res.headers['content-type'], 'application/json; charset=utf-8')
+  const { error } = res.json()
+  t.strictSame(Object.keys(error).sort(), ['code', 'message', 'param', 'type'], 'only the four envelope fields are relayed')
+  t.equal(error.code, 'unsupported_country_region_territory')
+  t.notMatch(error.message, /sk-(?!\[redacted\])|org-(?!\[redacted\])|proj_(?!\[redacted\])/)
+  t.notMatch(res.body, new RegExp(foreignKey.slice(3)))
+  assertNoLeak(t, seenByClient(res), h.secrets, 'response')
+})
+
+proxyTest(t, 'error bodies that are not OpenAI errors, or too large, become a generic envelope', {}, async (h, t) => {
+  h.upstream.script(() => ({ kind: 'raw', status: 502, headers: { 'content-type': 'text/html' }, body: `<html>Bad gateway ${h.keys[0]}</html>` }))
+  let res = await post(h)
+  t.equal(res.statusCode, 502)
+  t.strictSame(res.json(), { error: { message: 'The upstream API returned an error (HTTP 502).', type: 'server_error', param: null, code: null } })
+  h.upstream.script(() => ({ kind: 'json', status: 400, body: { error: { message: 'x'.repeat(100_000), type: 'invalid_request_error', param: null, code: null } } }))
+  res = await post(h)
+  t.equal(res.statusCode, 400)
+  t.strictSame(res.json(), { error: { message: 'The upstream API returned an error (HTTP 400).', type: 'upstream_error', param: null, code: null } })
+  assertNoLeak(t, seenByClient(res), h.secrets, 'response')
+})
+
+proxyTest(t, 'an upstream that echoes our request headers has the key cut out (catch-all)', {}, async (h, t) => {
+  h.upstream.script((r) => ({ kind: 'json', body: { echoed_headers: r.headers, note: `key=${h.keys[0]}` } }))
+  const res = await post(h)
+  t.equal(res.statusCode, 200)
+  assertNoLeak(t, seenByClient(res), h.secrets, 'response')
+  t.match(res.json().echoed_headers.authorization, 'Bearer [redacted]')
+})
+
+proxyTest(t, 'a compressed success body is refused rather than relayed unscanned', {}, async (h, t) => {
+  h.upstream.script(() => ({ kind: 'raw', headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' }, body: Buffer.from([0x1f, 0x8b, 0, 0]) }))
+  const res = await post(h)
+  t.equal(res.statusCode, 502)
+  t.equal(res.json().error.code, 'upstream_bad_response')
+})
+
+t.test('upstream redirects are never followed', async (t) => {
+  let otherHits = 0
+  const other = createServer((_req, res) => {
+    otherHits++
+    res.end('{}')
+  })
+  await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => other.close(() => resolve())))
+  const target = `http://127.0.0.1:${(other.address() as AddressInfo).port}/v1/organization/users`
+  for (const status of [301, 302, 307, 308]) {
+    await proxyTest(t, `HTTP ${status}`, {}, async (h, t) => {
+      h.upstream.script(() => ({ kind: 'raw', status, headers: { location: target }, body: '' }))
+      const res = await post(h)
+      t.equal(res.statusCode, 502)
+      t.equal(res.json().error.code, 'upstream_bad_response')
+      t.notOk('location' in res.headers)
+    })
+  }
+  t.equal(otherHits, 0, 'the redirect target received nothing')
+})

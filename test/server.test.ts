@@ -1,0 +1,81 @@
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import { request } from 'undici'
+import { startServer } from '../server.js'
+import { startFakeOpenAI } from '../testing/fake-openai.js'
+import { canaryKey, chatBody } from './helper.js'
+
+const quiet = { LOG_LEVEL: 'silent', PORT: '0' }
+
+t.test('no key: demo mode fronts the built-in fake upstream and marks every response', async (t) => {
+  const s = await startServer({ ...quiet })
+  t.teardown(s.shutdown)
+  t.equal(s.config.demo, true)
+  const res = await fetch(`${s.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(chatBody()) })
+  t.equal(res.status, 200)
+  t.equal(res.headers.get('x-oai-proxy-demo'), 'true')
+  t.match(await res.json(), { object: 'chat.completion', choices: [{ message: { content: /fake upstream/ } }] })
+  const refused = await fetch(`${s.url}/v1/files`)
+  t.equal(refused.headers.get('x-oai-proxy-demo'), 'true', 'even on errors')
+  t.equal(s.fake?.requests.length, 1)
+})
+
+t.test('with a key: no demo header, the configured upstream is used', async (t) => {
+  const key = canaryKey()
+  const fake = await startFakeOpenAI({ validKeys: [key] })
+  t.teardown(fake.close)
+  const s = await startServer({ ...quiet, OPENAI_KEY: key, UPSTREAM_URL: fake.url })
+  t.teardown(s.shutdown)
+  const res = await fetch(`${s.url}/v1/models`)
+  t.equal(res.status, 200)
+  t.equal(res.headers.get('x-oai-proxy-demo'), null)
+  t.equal(fake.requests[0]?.headers.authorization, `Bearer ${key}`)
+  t.equal(s.app.server.requestTimeout, 60_000, 'request timeout is on')
+  t.equal(s.app.server.headersTimeout, 30_000, 'headers timeout is on')
+})
+
+t.test('shutdown drains in-flight streams for the grace period, then cuts them and aborts upstream', async (t) => {
+  const key = canaryKey()
+  const fake = await startFakeOpenAI({ validKeys: [key] })
+  t.teardown(fake.close)
+  fake.script(() => ({ kind: 'sse', frames: Array.from({ length: 100 }, (_, i) => `data: {"i":${i}}\n\n`), delayMs: 50 }))
+  const s = await startServer({ ...quiet, OPENAI_KEY: key, UPSTREAM_URL: fake.url, SHUTDOWN_GRACE_MS: '400' })
+  const res = await request(`${s.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(chatBody({ stream: true })) })
+  const reading = res.body.text().then(() => 'ended', () => 'cut')
+  await fake.waitFor(() => true)
+  const start = Date.now()
+  await s.shutdown()
+  const took = Date.now() - start
+  t.ok(took >= 350 && took < 3000, `closed after the grace period (${took} ms)`)
+  t.equal(await reading, 'cut', 'the stream was cut, not ended as if complete')
+  const seen = await fake.waitFor((r) => r.abortedAt !== undefined, 2000)
+  t.ok(seen.abortedAt !== undefined, 'upstream request aborted')
+  await t.rejects(fetch(`${s.url}/health`), 'no longer accepting')
+})
+
+t.test('the real process exits 0 on SIGTERM', async (t) => {
+  const server = fileURLToPath(new URL('../server.ts', import.meta.url))
+  const child = spawn(process.execPath, [...process.execArgv, server], { env: { ...process.env, PORT: '0', LOG_LEVEL: 'info', OPENAI_KEY: '', NODE_ENV: 'development' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (c: Buffer) => { out += c.toString() })
+  child.stderr.on('data', (c: Buffer) => { err += c.toString() })
+  const deadline = Date.now() + 20_000
+  while (!out.includes('Server listening') && Date.now() < deadline && child.exitCode === null) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.match(out, /Server listening/)
+  t.match(err, /DEMO MODE/, 'the demo banner is loud on stderr')
+  child.kill('SIGTERM')
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
+  t.equal(code, 0)
+})
+
+t.test('production without a key refuses to start, naming the variable', async (t) => {
+  const server = fileURLToPath(new URL('../server.ts', import.meta.url))
+  const child = spawn(process.execPath, [...process.execArgv, server], { env: { ...process.env, NODE_ENV: 'production', OPENAI_KEY: '' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let err = ''
+  child.stderr.on('data', (c: Buffer) => { err += c.toString() })
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
+  t.equal(code, 1)
+  t.match(err, /OPENAI_KEY is required when NODE_ENV=production/)
+})
