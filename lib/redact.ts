@@ -7,7 +7,7 @@ import { Transform, type TransformCallback } from 'node:stream'
  * `SecretRedactor`, a catch-all that costs one Buffer.indexOf per secret per chunk.
  */
 
-const KEY_PATTERN = /\bsk-[A-Za-z0-9_\-*.…]{3,}/g
+const KEY_PATTERN = /\bsk-[A-Za-z0-9_*…-]+(?:\.+[A-Za-z0-9_*…-]+)*/g
 const ORG_PATTERN = /\borg-[A-Za-z0-9]{6,}/g
 const PROJECT_PATTERN = /\bproj_[A-Za-z0-9]{6,}/g
 

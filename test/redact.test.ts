@@ -1,0 +1,49 @@
+import { Readable } from 'node:stream'
+import { text } from 'node:stream/consumers'
+import t from 'tap'
+import { REDACTED, SecretRedactor, redactText, secretForms } from '../lib/redact.js'
+import { canaryKey } from './helper.js'
+
+const through = (secrets: string[], chunks: string[]) => text(Readable.from(chunks.map((c) => Buffer.from(c))).pipe(new SecretRedactor(secrets)))
+
+t.test('secrets split across every possible chunk boundary are still cut', async (t) => {
+  const key = canaryKey()
+  const doc = `before ${key} middle ${key.slice(3)} after`
+  const expected = `before ${REDACTED} middle ${REDACTED} after`
+  for (let cut = 0; cut <= doc.length; cut++) {
+    t.equal(await through([key], [doc.slice(0, cut), doc.slice(cut)]), expected, `cut at ${cut}`)
+  }
+  t.equal(await through([key], doc.split('')), expected, 'one byte at a time')
+})
+
+t.test('bytes that merely look like the start of a secret are released at the end', async (t) => {
+  const key = canaryKey()
+  t.equal(await through([key], ['data: x\n\n', 'tail sk-pro']), 'data: x\n\ntail sk-pro')
+  t.equal(await through([key], ['sk-proj-CAN', 'ARY but not the key']), 'sk-proj-CANARY but not the key')
+})
+
+t.test('an SSE frame ending in a blank line is never held back', async (t) => {
+  const key = canaryKey()
+  const r = new SecretRedactor([key])
+  const out: string[] = []
+  r.on('data', (c: Buffer) => out.push(c.toString()))
+  r.write(Buffer.from('data: {"x":1}\n\n'))
+  await new Promise((resolve) => setImmediate(resolve))
+  t.strictSame(out, ['data: {"x":1}\n\n'])
+  r.end()
+})
+
+t.test('multi-byte text around a secret is untouched', async (t) => {
+  const key = canaryKey()
+  t.equal(await through([key], [`héllo ☃ ${key} 日本語`]), `héllo ☃ ${REDACTED} 日本語`)
+})
+
+t.test('secretForms covers the key without sk- and drops empties', async (t) => {
+  const key = canaryKey()
+  t.strictSame(secretForms([key, '', 'org-abc']), [key, key.slice(3), 'org-abc'])
+})
+
+t.test('redactText scrubs keys, masked keys and account ids by shape', async (t) => {
+  const out = redactText('Incorrect API key provided: sk-proj-abcd************wxyz. org-AbCdEf123 proj_XyZ12345 sk-abc…wxyz risk-free task-force', [])
+  t.equal(out, `Incorrect API key provided: sk-${REDACTED}. org-${REDACTED} proj_${REDACTED} sk-${REDACTED} risk-free task-force`)
+})
