@@ -8,6 +8,14 @@ import { canaryKey, chatBody } from './helper.js'
 
 const quiet = { LOG_LEVEL: 'silent', PORT: '0' }
 
+/** Run server.ts in a child with tap's TypeScript loader but without its coverage hooks (they would clobber ours). */
+function spawnServer (env: Record<string, string>) {
+  const server = fileURLToPath(new URL('../server.ts', import.meta.url))
+  const execArgv = process.execArgv.filter((a) => !a.includes('processinfo'))
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('_TAPJS') && !k.startsWith('TAP') && k !== 'NODE_V8_COVERAGE'))
+  return spawn(process.execPath, [...execArgv, server], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+}
+
 t.test('no key: demo mode fronts the built-in fake upstream and marks every response', async (t) => {
   const s = await startServer({ ...quiet })
   t.teardown(s.shutdown)
@@ -55,8 +63,7 @@ t.test('shutdown drains in-flight streams for the grace period, then cuts them a
 })
 
 t.test('the real process exits 0 on SIGTERM', async (t) => {
-  const server = fileURLToPath(new URL('../server.ts', import.meta.url))
-  const child = spawn(process.execPath, [...process.execArgv, server], { env: { ...process.env, PORT: '0', LOG_LEVEL: 'info', OPENAI_KEY: '', NODE_ENV: 'development' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawnServer({ PORT: '0', LOG_LEVEL: 'info', OPENAI_KEY: '', NODE_ENV: 'development' })
   let out = ''
   let err = ''
   child.stdout.on('data', (c: Buffer) => { out += c.toString() })
@@ -71,8 +78,7 @@ t.test('the real process exits 0 on SIGTERM', async (t) => {
 })
 
 t.test('production without a key refuses to start, naming the variable', async (t) => {
-  const server = fileURLToPath(new URL('../server.ts', import.meta.url))
-  const child = spawn(process.execPath, [...process.execArgv, server], { env: { ...process.env, NODE_ENV: 'production', OPENAI_KEY: '' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawnServer({ NODE_ENV: 'production', OPENAI_KEY: '' })
   let err = ''
   child.stderr.on('data', (c: Buffer) => { err += c.toString() })
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
