@@ -106,7 +106,7 @@ t.test('plugin options are validated at registration, naming the option', async 
     t.notMatch(err.message, /CANARY/)
   }
   const app = Fastify()
-  await t.rejects(app.register(oaiProxy, { openaiKeys: [] }).ready(), /openaiKeys/)
+  await t.rejects(async () => { await app.register(oaiProxy, { openaiKeys: [] }).ready() }, /openaiKeys/)
 })
 
 t.test('a trailing /v1 in the upstream URL is tolerated, not doubled', async (t) => {
