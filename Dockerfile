@@ -1,0 +1,43 @@
+# oai-reverse-proxy: the standalone server (dist/server.js) in a small image.
+#
+#   docker build -t oai-reverse-proxy .
+#   docker run --rm -p 8080:8080 -e OPENAI_KEY=sk-... -e PROXY_KEY=... oai-reverse-proxy
+#
+# NODE_ENV=production is set below, so the container refuses to start without OPENAI_KEY (it never falls
+# back to the demo upstream). For a keyless demo container pass `-e NODE_ENV=development`.
+
+ARG NODE_VERSION=22
+
+# ---- build: full dependencies, compile TypeScript to dist/ ----
+FROM node:${NODE_VERSION}-bookworm-slim AS build
+WORKDIR /app
+ENV NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false
+COPY package.json package-lock.json ./
+RUN npm ci
+# The sources tsconfig.build.json compiles (*.ts, plugins, routes, schemas, lib, testing, bench); what
+# must stay out of the context (node_modules, dist, .env, test output) is listed in .dockerignore.
+COPY . .
+# Ship what package.json `files` ships: no compiled tests or benchmarks, no source maps.
+RUN npm run build && rm -rf dist/test dist/bench && find dist -name '*.map' -delete
+
+# ---- runtime: production dependencies and dist/ only ----
+FROM node:${NODE_VERSION}-bookworm-slim AS runtime
+WORKDIR /app
+ENV NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
+# Owned by root and read-only for the `node` user that runs the server.
+COPY --from=build /app/dist ./dist
+
+ENV NODE_ENV=production HOST=0.0.0.0 PORT=8080
+EXPOSE 8080
+USER node
+
+# Slim images have no curl: ask Node itself. /health is unauthenticated and never touches upstream.
+# It probes 127.0.0.1, so keep HOST at 0.0.0.0 (or another address that includes loopback).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||8080)+'/health',{signal:AbortSignal.timeout(4000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+
+# Exec form: node is PID 1 and receives SIGTERM directly; server.ts drains in-flight requests
+# (SHUTDOWN_GRACE_MS) before exiting.
+CMD ["node", "dist/server.js"]
