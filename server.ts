@@ -1,7 +1,10 @@
+#!/usr/bin/env node
 import { randomBytes } from 'node:crypto'
+import { realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import oaiProxy from './app.js'
+import { oaiProxyServerOptions } from './lib/server-options.js'
 import { ConfigError, readConfig, type LoadedConfig } from './plugins/config.js'
 import { startFakeOpenAI, type FakeOpenAI } from './testing/fake-openai.js'
 
@@ -38,8 +41,7 @@ export async function startServer (env: Record<string, string | undefined> = pro
     trustProxy: typeof server.trustProxy === 'number' ? hops(server.trustProxy) : server.trustProxy,
     requestTimeout: server.requestTimeoutMs,
     keepAliveTimeout: 72_000,
-    onProtoPoisoning: 'error',
-    onConstructorPoisoning: 'error',
+    ...oaiProxyServerOptions,
     return503OnClosing: true
   })
   // Node's default is 60 s; a client must finish sending headers well within the request timeout.
@@ -90,7 +92,8 @@ async function main (): Promise<void> {
   }
 }
 
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+// Run when executed directly, including through npm's bin symlink (hence realpath).
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
   main().catch((err: unknown) => {
     process.stderr.write(`oai-reverse-proxy: ${(err as Error).message}\n`)
     process.exit(1)

@@ -60,9 +60,16 @@ const errorHandler: FastifyPluginAsync<ErrorHandlerOptions> = async (app, opts) 
     return reply.code(status).type('application/json').send(envelope(err.message, shape.type, shape.code, err.param ?? null))
   })
 
+  // Inside a host app the suite lives under a prefix (`/ai`); the endpoint table knows only its own paths.
+  const prefix = app.prefix
+  // Nothing in this scope needs a body: unknown routes are refused without reading (or parsing) one.
+  // The proxy routes' own scope installs the JSON parser.
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', (_request, _payload, done) => { done(null, undefined) })
+
   app.setNotFoundHandler(async (request, reply) => {
-    const path = request.url.split('?')[0]?.slice(0, 200) ?? ''
-    const allowed = opts.allowedMethods(request.url)
+    const path = request.url.split(/[?#]/)[0]?.slice(0, 200) ?? ''
+    const allowed = opts.allowedMethods(prefix !== '' && request.url.startsWith(prefix + '/') ? request.url.slice(prefix.length) : request.url)
     const err = allowed.length > 0
       ? proxyError('METHOD_NOT_ALLOWED', [request.method, path], { headers: { allow: allowed.join(', ') } })
       : proxyError('UNSUPPORTED_ENDPOINT', [request.method, path])

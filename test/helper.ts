@@ -4,6 +4,7 @@ import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import oaiProxy from '../app.js'
+import { oaiProxyServerOptions } from '../lib/server-options.js'
 import type { OaiProxyOptions } from '../schemas/config.js'
 import { startFakeOpenAI, type FakeOpenAI, type FakeOpenAIOptions, type RecordedRequest } from '../testing/fake-openai.js'
 
@@ -85,7 +86,7 @@ export async function harness (opts: HarnessOptions = {}): Promise<Harness & { c
       done()
     }
   })
-  const app = Fastify({ logger: { level: 'trace', stream } })
+  const app = Fastify({ ...oaiProxyServerOptions, logger: { level: 'trace', stream } })
   await app.register(oaiProxy, { upstreamUrl: upstream.url, openaiKeys: keys, organization, project, proxyKeys: [proxyKey], ...opts.proxy })
   const url = opts.listen === true ? await app.listen({ host: '127.0.0.1', port: 0 }) : ''
   await app.ready()
