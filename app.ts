@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { FastifyPluginAsync } from 'fastify'
 import auth from './plugins/auth.js'
+import cors from './plugins/cors.js'
 import errorHandler from './plugins/error-handler.js'
 import jsonBody from './plugins/json-body.js'
 import keyInjection from './plugins/key-injection.js'
@@ -11,10 +12,12 @@ import health from './routes/health.js'
 import proxyRoutes, { allowedMethods } from './routes/proxy.js'
 import { OaiProxyOptionsSchema, type OaiProxyOptions } from './schemas/config.js'
 import { endpoints as allEndpoints } from './schemas/endpoints.js'
+import { normaliseUpstreamUrl } from './lib/upstream-url.js'
 
 export const VERSION = '0.1.0'
 
 const checkOptions = TypeCompiler.Compile(OaiProxyOptionsSchema)
+const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])
 
 /** Options with every default filled in; throws (naming the option, never a value) when they are invalid. */
 export function resolveOptions (opts: OaiProxyOptions) {
@@ -22,12 +25,12 @@ export function resolveOptions (opts: OaiProxyOptions) {
     const first = checkOptions.Errors(opts).First()
     throw new Error(`oai-proxy: invalid option ${first?.path ?? ''}: ${first?.message ?? 'invalid'}`)
   }
-  const url = new URL(opts.upstreamUrl ?? 'https://api.openai.com')
-  if ((url.protocol !== 'https:' && url.protocol !== 'http:') || url.username !== '' || url.password !== '' || url.search !== '' || url.hash !== '') {
-    throw new Error('oai-proxy: invalid option /upstreamUrl: must be an http(s) URL without credentials, query or fragment')
+  let upstreamUrl: string
+  try {
+    upstreamUrl = normaliseUpstreamUrl(opts.upstreamUrl ?? 'https://api.openai.com')
+  } catch (err) {
+    throw new Error(`oai-proxy: invalid option /upstreamUrl: ${(err as Error).message}`)
   }
-  // Tolerate a base URL copied from SDK docs (`…/v1`): endpoint paths already carry `/v1`.
-  const upstreamUrl = url.origin + url.pathname.replace(/\/+$/, '').replace(/\/v1$/, '')
   const wanted = opts.endpoints
   const unknown = wanted?.filter((id) => !allEndpoints.some((e) => e.id === id)) ?? []
   if (unknown.length > 0) throw new Error(`oai-proxy: invalid option /endpoints: unknown endpoint id ${unknown.join(', ')}`)
@@ -51,10 +54,13 @@ export function resolveOptions (opts: OaiProxyOptions) {
  * handlers, parsers and hooks are untouched.
  */
 const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
-  const opts = resolveOptions(raw)
+  // Fastify hands a plugin its own register options (`prefix: '/ai'` in a host app) next to ours.
+  const opts = resolveOptions(Object.fromEntries(Object.entries(raw).filter(([k]) => !FASTIFY_REGISTER_OPTIONS.has(k))) as OaiProxyOptions)
   const unprefixed = opts.unprefixedRoutes
 
   await app.register(errorHandler, { allowedMethods: allowedMethods(opts.endpoints, unprefixed) })
+  // Before the pipeline: preflights carry no credentials, so CORS must answer them before auth and limits.
+  await app.register(cors, { origins: opts.cors?.origins ?? [] })
   await app.register(keyInjection, { openaiKeys: opts.openaiKeys, organization: opts.organization, project: opts.project })
   await app.register(upstream, {
     upstreamUrl: opts.upstreamUrl,
@@ -72,7 +78,7 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
   await app.register(health)
   await app.register(async (pipeline) => {
     await pipeline.register(requestGuard)
-    await pipeline.register(auth, { proxyKeys: opts.proxyKeys })
+    await pipeline.register(auth, { proxyKeys: opts.proxyKeys, resolveClient: opts.resolveClient })
     await pipeline.register(jsonBody, { bodyLimit: opts.bodyLimit, maxJsonDepth: opts.maxJsonDepth })
     await pipeline.register(proxyRoutes, { endpoints: opts.endpoints, unprefixedRoutes: unprefixed, bodyLimit: opts.bodyLimit, userAgent: `oai-reverse-proxy/${VERSION}` })
   })

@@ -2,6 +2,8 @@ import { isIP } from 'node:net'
 import { readFileSync } from 'node:fs'
 import envSchema from 'env-schema'
 import { EnvSchema, type Env, type OaiProxyOptions } from '../schemas/config.js'
+import { normaliseUpstreamUrl } from '../lib/upstream-url.js'
+import { compileOrigins } from '../lib/origins.js'
 
 /*
  * The environment -> options step, used only by `server.ts`. It runs @fastify/env's engine (env-schema)
@@ -83,9 +85,22 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
       throw new ConfigError('UPSTREAM_CA_FILE: cannot read the file')
     }
   }
+  if (env.UPSTREAM_URL !== undefined) {
+    try {
+      normaliseUpstreamUrl(env.UPSTREAM_URL)
+    } catch (err) {
+      throw new ConfigError(`UPSTREAM_URL ${(err as Error).message}`)
+    }
+  }
   const organization = secrets('OPENAI_ORGANIZATION', env.OPENAI_ORGANIZATION)[0]
   const project = secrets('OPENAI_PROJECT', env.OPENAI_PROJECT)[0]
   const endpoints = list(env.ENDPOINTS)
+  const corsOrigins = list(env.CORS_ORIGINS)
+  try {
+    compileOrigins(corsOrigins)
+  } catch (err) {
+    throw new ConfigError(`CORS_ORIGINS: ${(err as Error).message}`)
+  }
 
   const proxy: OaiProxyOptions = {
     openaiKeys,
@@ -99,7 +114,8 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     ...(env.UPSTREAM_CONNECT_TIMEOUT_MS === undefined ? {} : { upstreamConnectTimeoutMs: env.UPSTREAM_CONNECT_TIMEOUT_MS }),
     ...(env.UPSTREAM_HEADERS_TIMEOUT_MS === undefined ? {} : { upstreamHeadersTimeoutMs: env.UPSTREAM_HEADERS_TIMEOUT_MS }),
     ...(env.UPSTREAM_IDLE_TIMEOUT_MS === undefined ? {} : { upstreamIdleTimeoutMs: env.UPSTREAM_IDLE_TIMEOUT_MS }),
-    ...(endpoints.length === 0 ? {} : { endpoints })
+    ...(endpoints.length === 0 ? {} : { endpoints }),
+    ...(corsOrigins.length === 0 ? {} : { cors: { origins: corsOrigins } })
   }
 
   return {

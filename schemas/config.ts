@@ -1,4 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
+import type { ResolveClient } from '../plugins/auth.js'
 
 /*
  * The options of the suite plugin (`oaiProxy`). Library users pass these directly; `server.ts` derives them
@@ -37,7 +38,20 @@ export const OaiProxyOptionsSchema = Type.Object({
   /** Also serve every endpoint without the `/v1` prefix. Default true. */
   unprefixedRoutes: Type.Optional(Type.Boolean()),
   /** Demo mode: mark every response with `x-oai-proxy-demo: true`. */
-  demo: Type.Optional(Type.Boolean())
+  demo: Type.Optional(Type.Boolean()),
+  /**
+   * Browser access (CORS). `origins`: exact origins and `https://*.example.com` patterns, anchored; `*` and
+   * `null` are refused. Absent or empty: no CORS headers, browsers cannot read any answer.
+   */
+  cors: Type.Optional(Type.Object({
+    /** Origins allowed to call the proxy from a browser. */
+    origins: Type.Array(Type.String({ minLength: 1, maxLength: 256 }))
+  }, { additionalProperties: false })),
+  /**
+   * The host app's identity check, replacing proxy keys: `(request) => { id } | null` (sync or async).
+   * `null` is a 401; the id keys rate limits. Cannot be combined with `proxyKeys`.
+   */
+  resolveClient: Type.Optional(Type.Unsafe<ResolveClient>(Type.Function([Type.Any()], Type.Any())))
 }, { additionalProperties: false })
 
 export type OaiProxyOptions = Static<typeof OaiProxyOptionsSchema>
@@ -61,13 +75,16 @@ export const EnvSchema = Type.Object({
   MAX_JSON_DEPTH: Int(4, 1024),
   HOST: Type.Optional(Type.String({ minLength: 1 })),
   PORT: Int(0, 65535),
-  LOG_LEVEL: Type.Optional(Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)))),
+  // A plain enum (not a union of literals) so a bad value gets one error line, not seven.
+  LOG_LEVEL: Type.Optional(Type.Unsafe<'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'>({ type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] })),
   REQUEST_TIMEOUT_MS: Int(1000, 3600 * 1000),
   UPSTREAM_CONNECT_TIMEOUT_MS: Int(1, 3600 * 1000),
   UPSTREAM_HEADERS_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),
   UPSTREAM_IDLE_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),
   SHUTDOWN_GRACE_MS: Int(0, 3600 * 1000),
   ENDPOINTS: Type.Optional(Type.String()),
-  NODE_TLS_REJECT_UNAUTHORIZED: Type.Optional(Type.String())
+  NODE_TLS_REJECT_UNAUTHORIZED: Type.Optional(Type.String()),
+  /** Comma-separated browser origins allowed by CORS (exact, or `https://*.example.com`). */
+  CORS_ORIGINS: Type.Optional(Type.String())
 })
 export type Env = Static<typeof EnvSchema>

@@ -68,7 +68,9 @@ t.test('bad values stop start-up naming the variable and never printing a secret
     [{ NODE_ENV: 'production' }, /OPENAI_KEY is required/],
     [{ OPENAI_KEY: secret, NODE_TLS_REJECT_UNAUTHORIZED: '0' }, /NODE_TLS_REJECT_UNAUTHORIZED/],
     [{ OPENAI_KEY: secret, UPSTREAM_CA_FILE: '/nonexistent/ca.pem' }, /UPSTREAM_CA_FILE/],
-    [{ OPENAI_KEY: secret, TRUST_PROXY: 'true' }, /TRUST_PROXY/]
+    [{ OPENAI_KEY: secret, TRUST_PROXY: 'true' }, /TRUST_PROXY/],
+    [{ OPENAI_KEY: secret, UPSTREAM_URL: '' }, /UPSTREAM_URL must be an absolute/],
+    [{ OPENAI_KEY: secret, UPSTREAM_URL: `https://u:${secret}@x.example` }, /UPSTREAM_URL must be an http\(s\) URL without credentials/]
   ]
   for (const [env, pattern] of cases) {
     const err = t.throws(() => readConfig(env)) as Error
