@@ -57,7 +57,8 @@ export async function startServer (env: Record<string, string | undefined> = pro
   }
   await app.register(oaiProxy, proxy)
 
-  const url = await app.listen({ host: server.host, port: server.port })
+  // A deep accept queue: a burst of 1000 stream openings overflowed Node's default 511 (bench, 1000 SSE).
+  const url = await app.listen({ host: server.host, port: server.port, backlog: 4096 })
 
   let closing: Promise<void> | undefined
   const shutdown = (): Promise<void> => {

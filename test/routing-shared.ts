@@ -171,7 +171,6 @@ export const PATH_CASES: PathCase[] = [
   both('GET', '/v1/models/' + 'a'.repeat(300), { status: 414, framework: true })
 ]
 
-
 /** Check what a transport saw for `method` against `expect`; `before` is the upstream request count before sending. */
 export function checkExpect (t: Test, h: Harness, method: string, seen: Seen, expect: Expect, before: number, what: string): void {
   const sent = h.upstream.requests.slice(before)
