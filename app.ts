@@ -6,13 +6,20 @@ import cors from './plugins/cors.js'
 import errorHandler from './plugins/error-handler.js'
 import jsonBody from './plugins/json-body.js'
 import keyInjection from './plugins/key-injection.js'
+import promptFilter from './plugins/prompt-filter.js'
+import requestPolicy from './plugins/request-policy.js'
 import requestGuard from './plugins/request-guard.js'
 import upstream from './plugins/upstream.js'
+import limitStore from './plugins/limit-store.js'
+import abuseGuard from './plugins/abuse-guard.js'
+import rateLimit from './plugins/rate-limit.js'
+import tokenBudget from './plugins/token-budget.js'
 import health from './routes/health.js'
 import proxyRoutes, { allowedMethods } from './routes/proxy.js'
 import { OaiProxyOptionsSchema, type OaiProxyOptions } from './schemas/config.js'
 import { endpoints as allEndpoints } from './schemas/endpoints.js'
 import { normaliseUpstreamUrl } from './lib/upstream-url.js'
+import { watchClose } from './lib/response-close.js'
 
 export const VERSION = '0.1.0'
 
@@ -44,7 +51,18 @@ export function resolveOptions (opts: OaiProxyOptions) {
     upstreamIdleTimeoutMs: opts.upstreamIdleTimeoutMs ?? 300_000,
     endpoints: wanted === undefined ? allEndpoints : allEndpoints.filter((e) => wanted.includes(e.id)),
     unprefixedRoutes: opts.unprefixedRoutes ?? true,
-    demo: opts.demo ?? false
+    demo: opts.demo ?? false,
+    rateLimit: {
+      requestsPerWindow: opts.rateLimit?.requestsPerWindow ?? 0,
+      windowMs: opts.rateLimit?.windowMs ?? 60_000,
+      tokensPerMinute: opts.rateLimit?.tokensPerMinute ?? 0,
+      maxConcurrent: opts.rateLimit?.maxConcurrent ?? 0,
+      failuresPerMinute: opts.rateLimit?.failuresPerMinute ?? 120,
+      defaultOutputTokens: opts.rateLimit?.defaultOutputTokens ?? 1024,
+      onStoreError: opts.rateLimit?.onStoreError ?? 'open',
+      storeTimeoutMs: opts.rateLimit?.storeTimeoutMs ?? 250,
+      slotLeaseMs: opts.rateLimit?.slotLeaseMs ?? 3_600_000
+    }
   }
 }
 
@@ -58,6 +76,8 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
   const opts = resolveOptions(Object.fromEntries(Object.entries(raw).filter(([k]) => !FASTIFY_REGISTER_OPTIONS.has(k))) as OaiProxyOptions)
   const unprefixed = opts.unprefixedRoutes
 
+  // First hook of the suite: from here on no client departure can go unnoticed (lib/response-close.ts).
+  app.addHook('onRequest', async (_request, reply) => { watchClose(reply.raw) })
   await app.register(errorHandler, { allowedMethods: allowedMethods(opts.endpoints, unprefixed) })
   // Before the pipeline: preflights carry no credentials, so CORS must answer them before auth and limits.
   await app.register(cors, { origins: opts.cors?.origins ?? [] })
@@ -75,11 +95,21 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     if (opts.demo) reply.header('x-oai-proxy-demo', 'true')
   })
 
+  const limits = opts.rateLimit
+  await app.register(limitStore, { redis: opts.redis, redisUrl: opts.redisUrl, onStoreError: limits.onStoreError, storeTimeoutMs: limits.storeTimeoutMs })
+  // Suite-wide, before auth: 404s and 401s happen outside the proxy routes and must be counted too.
+  await app.register(abuseGuard, { failuresPerMinute: limits.failuresPerMinute })
   await app.register(health)
   await app.register(async (pipeline) => {
     await pipeline.register(requestGuard)
     await pipeline.register(auth, { proxyKeys: opts.proxyKeys, resolveClient: opts.resolveClient })
+    await pipeline.register(rateLimit, { requestsPerWindow: limits.requestsPerWindow, windowMs: limits.windowMs })
     await pipeline.register(jsonBody, { bodyLimit: opts.bodyLimit, maxJsonDepth: opts.maxJsonDepth })
+    // preHandlers, after auth and validation, before anything goes upstream: policy (may clamp the body),
+    // then the filter (reads the body as it will be sent).
+    await pipeline.register(requestPolicy, opts.policy ?? {})
+    await pipeline.register(promptFilter, { ...opts.filter, logPrompts: opts.logPrompts ?? false, userAgent: `oai-reverse-proxy/${VERSION}` })
+    await pipeline.register(tokenBudget, { tokensPerMinute: limits.tokensPerMinute, maxConcurrent: limits.maxConcurrent, defaultOutputTokens: limits.defaultOutputTokens, slotLeaseMs: limits.slotLeaseMs })
     await pipeline.register(proxyRoutes, { endpoints: opts.endpoints, unprefixedRoutes: unprefixed, bodyLimit: opts.bodyLimit, userAgent: `oai-reverse-proxy/${VERSION}` })
   })
 }

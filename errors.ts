@@ -12,6 +12,7 @@ const catalogue = {
   METHOD_NOT_ALLOWED: { status: 405, type: 'invalid_request_error', code: 'method_not_allowed', message: 'Method %s is not allowed on %s.' },
   MISSING_KEY: { status: 401, type: 'invalid_request_error', code: null, message: "You didn't provide an API key. Send your proxy key as 'Authorization: Bearer <key>'." },
   INVALID_KEY: { status: 401, type: 'invalid_request_error', code: 'invalid_api_key', message: 'Incorrect API key provided.' },
+  NOT_AUTHENTICATED: { status: 401, type: 'invalid_request_error', code: null, message: 'This request is not authenticated. Sign in to the application that serves this proxy.' },
   INVALID_JSON: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'We could not parse the JSON body of your request.' },
   EMPTY_BODY: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The request body is empty; a JSON object is required.' },
   FORBIDDEN_KEY: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The JSON body contains a forbidden key (__proto__ or constructor.prototype).' },
@@ -21,10 +22,20 @@ const catalogue = {
   BAD_REQUEST: { status: 400, type: 'invalid_request_error', code: 'bad_request', message: 'The request was malformed.' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, type: 'invalid_request_error', code: 'unsupported_media_type', message: "Unsupported content type or encoding. Send 'Content-Type: application/json' (UTF-8, not compressed)." },
   BODY_TOO_LARGE: { status: 413, type: 'invalid_request_error', code: 'request_too_large', message: 'The request body is larger than this proxy accepts.' },
+  CONTENT_FILTER: { status: 400, type: 'invalid_request_error', code: 'content_filter', message: '%s' },
+  NON_TEXT_NOT_ALLOWED: { status: 400, type: 'invalid_request_error', code: 'content_filter', message: 'This proxy accepts text only: images, audio and files are refused (rule: non_text).' },
+  TOKEN_IDS_NOT_ALLOWED: { status: 400, type: 'invalid_request_error', code: 'token_ids_not_allowed', message: 'This proxy checks prompt text and cannot read token ids: send %s as text (rule: token_ids).' },
+  FILTER_UNAVAILABLE: { status: 503, type: 'server_error', code: 'content_filter_unavailable', message: 'The content check could not be completed; try again shortly.' },
+  MODEL_NOT_ALLOWED: { status: 403, type: 'invalid_request_error', code: 'model_not_allowed', message: 'This model is not available on this proxy (rule: allowed_models).' },
+  PARAM_NOT_ALLOWED: { status: 403, type: 'invalid_request_error', code: 'parameter_not_allowed', message: 'Parameter %s is not allowed on this proxy (rule: %s).' },
+  INVALID_POLICY_VALUE: { status: 400, type: 'invalid_request_error', code: 'invalid_value', message: 'Parameter %s must be %s (rule: %s).' },
   UPSTREAM_UNREACHABLE: { status: 502, type: 'server_error', code: 'upstream_unreachable', message: 'The proxy could not reach the upstream API.' },
   UPSTREAM_BAD_RESPONSE: { status: 502, type: 'server_error', code: 'upstream_bad_response', message: 'The upstream API sent a response the proxy does not accept.' },
   UPSTREAM_TIMEOUT: { status: 504, type: 'server_error', code: 'upstream_timeout', message: 'The upstream API did not answer in time.' },
   NO_UPSTREAM_KEYS: { status: 503, type: 'server_error', code: 'upstream_keys_exhausted', message: 'No upstream API key is currently usable. Contact the operator of this proxy.' },
+  REQUESTS_LIMITED: { status: 429, type: 'requests', code: 'rate_limit_exceeded', message: '%s' },
+  TOKENS_LIMITED: { status: 429, type: 'tokens', code: 'rate_limit_exceeded', message: '%s' },
+  RATE_LIMIT_UNAVAILABLE: { status: 503, type: 'server_error', code: 'rate_limit_store_unavailable', message: 'The rate limiter cannot reach its store; try again shortly.' },
   INTERNAL: { status: 500, type: 'server_error', code: 'internal_error', message: 'The proxy hit an internal error.' }
 } as const
 

@@ -30,7 +30,7 @@ export function oaiProxyClientErrorHandler (error: Error & { code?: string }, so
  * framework and parser errors, model ids up to 256 characters, prototype poisoning as an error.
  */
 export const oaiProxyServerOptions = {
-  maxParamLength: 256,
+  routerOptions: { maxParamLength: 256 },
   frameworkErrors: oaiProxyFrameworkErrors,
   clientErrorHandler: oaiProxyClientErrorHandler,
   onProtoPoisoning: 'error',

@@ -4,15 +4,29 @@ import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { fingerprint } from '../lib/key-pool.js'
 
+/**
+ * A host app's own identity check (session, JWT, API token). Resolve to `{ id }` for a known caller (the id
+ * keys rate limits and logs, so make it stable and never a secret: a user id, not a token) or `null` to
+ * refuse with 401. A thrown error with status 401/403 is also a 401; any other error is a 500.
+ */
+export type ResolveClient = (request: FastifyRequest) => Promise<{ id: string } | null> | { id: string } | null
+
 export interface AuthOptions {
   /** Keys clients must present. Empty: the proxy is open (a loud warning is logged at start-up). */
   proxyKeys?: readonly string[] | undefined
+  /**
+   * Replaces proxy-key auth: the host app decides who the caller is. Cannot be combined with `proxyKeys`.
+   * It runs in an onRequest hook, after the host's own onRequest hooks (so `request.user` and the like are
+   * already set) and before the body is read.
+   */
+  resolveClient?: ResolveClient | undefined
 }
 
 /** Who is calling. `id` keys rate limits and logs; it never contains a secret. */
 export interface OaiProxyClient {
   id: string
-  kind: 'proxy-key' | 'anonymous'
+  /** `host`: identified by the host app's `resolveClient`. */
+  kind: 'proxy-key' | 'anonymous' | 'host'
 }
 
 declare module 'fastify' {
@@ -48,17 +62,41 @@ export function presentedKey (request: FastifyRequest): string | undefined {
   return undefined
 }
 
+/** Run the host's resolver; map its verdict onto the catalogue. */
+async function resolveHostClient (resolve: ResolveClient, request: FastifyRequest): Promise<OaiProxyClient> {
+  let found: { id: string } | null
+  try {
+    found = await resolve(request)
+  } catch (err) {
+    const status = (err as { statusCode?: unknown }).statusCode
+    if (status === 401 || status === 403) throw proxyError('NOT_AUTHENTICATED')
+    throw err
+  }
+  if (found === null || found === undefined) throw proxyError('NOT_AUTHENTICATED')
+  const id = (found as { id?: unknown }).id
+  // A host bug, not the caller's fault: fail closed and loudly rather than lump users under one id.
+  if (typeof id !== 'string' || id.length === 0 || id.length > 256) throw new Error('oai-proxy: resolveClient returned an object without a usable string id')
+  return { id, kind: 'host' }
+}
+
 const auth: FastifyPluginAsync<AuthOptions> = async (app, opts) => {
   const keys = [...new Set(opts.proxyKeys ?? [])]
   const digests = keys.map(digest)
   const ids = keys.map((k) => fingerprint(k, 'client'))
-  if (keys.length === 0) {
+  const resolve = opts.resolveClient
+  if (resolve !== undefined && typeof resolve !== 'function') throw new Error('oai-proxy: invalid option /resolveClient: must be a function')
+  if (resolve !== undefined && keys.length > 0) throw new Error('oai-proxy: give proxyKeys or resolveClient, not both (resolveClient replaces proxy-key auth)')
+  if (keys.length === 0 && resolve === undefined) {
     app.log.warn('oai-proxy: no proxy keys configured (PROXY_KEY); anyone who can reach this proxy can spend the upstream key')
   }
   app.decorateRequest('oaiProxyClient', null)
 
   // onRequest runs before the body is read: an unauthenticated client cannot make us buffer anything.
   app.addHook('onRequest', async (request) => {
+    if (resolve !== undefined) {
+      request.oaiProxyClient = await resolveHostClient(resolve, request)
+      return
+    }
     if (keys.length === 0) {
       request.oaiProxyClient = { id: `ip:${request.ip}`, kind: 'anonymous' }
       return

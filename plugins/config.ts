@@ -1,9 +1,10 @@
 import { isIP } from 'node:net'
 import { readFileSync } from 'node:fs'
 import envSchema from 'env-schema'
-import { EnvSchema, type Env, type OaiProxyOptions } from '../schemas/config.js'
+import { EnvSchema, type Env, type OaiProxyOptions, type RateLimitConfig } from '../schemas/config.js'
 import { normaliseUpstreamUrl } from '../lib/upstream-url.js'
 import { compileOrigins } from '../lib/origins.js'
+import { filterAndPolicyFromEnv } from '../lib/filter-env.js'
 
 /*
  * The environment -> options step, used only by `server.ts`. It runs @fastify/env's engine (env-schema)
@@ -63,6 +64,20 @@ export function parseTrustProxy (value: string | undefined): false | number | st
   return entries
 }
 
+/** RATE_LIMIT_RPM wins over the original project's MODEL_RATE_LIMIT (also requests per minute). */
+function rateLimitFromEnv (env: Env): RateLimitConfig {
+  const entries: Array<[keyof RateLimitConfig, unknown]> = [
+    ['requestsPerWindow', env.RATE_LIMIT_RPM ?? env.MODEL_RATE_LIMIT],
+    ['windowMs', env.RATE_LIMIT_WINDOW_MS],
+    ['tokensPerMinute', env.RATE_LIMIT_TPM],
+    ['maxConcurrent', env.MAX_CONCURRENT_REQUESTS],
+    ['failuresPerMinute', env.RATE_LIMIT_FAILURES_PER_MINUTE],
+    ['defaultOutputTokens', env.RATE_LIMIT_DEFAULT_OUTPUT_TOKENS],
+    ['onStoreError', env.RATE_LIMIT_ON_STORE_ERROR]
+  ]
+  return Object.fromEntries(entries.filter(([, v]) => v !== undefined)) as RateLimitConfig
+}
+
 export function readConfig (source: Record<string, string | undefined>): LoadedConfig {
   let env: Env
   try {
@@ -101,6 +116,12 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
   } catch (err) {
     throw new ConfigError(`CORS_ORIGINS: ${(err as Error).message}`)
   }
+  let filterAndPolicy: ReturnType<typeof filterAndPolicyFromEnv>
+  try {
+    filterAndPolicy = filterAndPolicyFromEnv(env)
+  } catch (err) {
+    throw new ConfigError((err as Error).message)
+  }
 
   const proxy: OaiProxyOptions = {
     openaiKeys,
@@ -115,6 +136,9 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     ...(env.UPSTREAM_HEADERS_TIMEOUT_MS === undefined ? {} : { upstreamHeadersTimeoutMs: env.UPSTREAM_HEADERS_TIMEOUT_MS }),
     ...(env.UPSTREAM_IDLE_TIMEOUT_MS === undefined ? {} : { upstreamIdleTimeoutMs: env.UPSTREAM_IDLE_TIMEOUT_MS }),
     ...(endpoints.length === 0 ? {} : { endpoints }),
+    ...filterAndPolicy,
+    ...(env.REDIS_URL === undefined ? {} : { redisUrl: env.REDIS_URL }),
+    rateLimit: rateLimitFromEnv(env),
     ...(corsOrigins.length === 0 ? {} : { cors: { origins: corsOrigins } })
   }
 

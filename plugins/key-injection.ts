@@ -5,7 +5,9 @@ import { KeyPool } from '../lib/key-pool.js'
 export interface KeyInjectionOptions {
   /** Upstream API keys, rotated least-recently-used. */
   openaiKeys: readonly string[]
+  /** Sent upstream as `OpenAI-Organization`, replacing whatever the client sent. */
   organization?: string | undefined
+  /** Sent upstream as `OpenAI-Project`, replacing whatever the client sent. */
   project?: string | undefined
 }
 

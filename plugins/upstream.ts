@@ -7,8 +7,11 @@ export interface UpstreamOptions {
   upstreamUrl: string
   /** Extra trusted CA certificate(s), PEM. */
   ca?: string | undefined
+  /** Time to open the TCP/TLS connection to upstream, in ms. */
   connectTimeoutMs: number
+  /** Time for upstream to send response headers, in ms. */
   headersTimeoutMs: number
+  /** Longest silence between two body chunks from upstream, in ms. */
   idleTimeoutMs: number
 }
 

@@ -7,9 +7,10 @@ export interface HealthRouteOptions {}
  * proxy can serve, never how many keys it has or whose they are.
  */
 const health: FastifyPluginAsync<HealthRouteOptions> = async (app) => {
-  app.get('/health', { exposeHeadRoute: true }, async () => ({
+  app.get('/health', { exposeHeadRoute: true, config: { oaiProxyPublic: true } }, async () => ({
     status: 'ok',
-    upstream_keys: app.oaiProxyKeys.pool.usableCount > 0 ? 'available' : 'exhausted'
+    upstream_keys: app.oaiProxyKeys.pool.usableCount > 0 ? 'available' : 'exhausted',
+    rate_limit_store: app.oaiProxyLimits.guard.state
   }))
 }
 

@@ -3,15 +3,21 @@ import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest 
 import { proxyError } from '../errors.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js'
 import { SecretRedactor } from '../lib/redact.js'
+import { sendRewritten } from '../lib/response-rewrite.js'
+import { UsageTap } from '../lib/usage-tap.js'
+import { onResponseClose } from '../lib/response-close.js'
 import { judgeUpstreamError, readCapped } from '../lib/upstream-errors.js'
 import { typeboxValidator } from '../lib/validator.js'
 import { upstreamPath, type EndpointDefinition } from '../schemas/endpoints.js'
 
 export interface ProxyRoutesOptions {
+  /** The endpoint-table rows to serve (see `schemas/endpoints.ts`). */
   endpoints: readonly EndpointDefinition[]
   /** Serve each endpoint at `/<path>` as well as `/v1/<path>`. */
   unprefixedRoutes: boolean
+  /** Largest request body in bytes, per route. */
   bodyLimit: number
+  /** `User-Agent` sent upstream in place of the client's. */
   userAgent: string
 }
 
@@ -31,6 +37,15 @@ function upstreamFailure (err: unknown): Error {
   return proxyError('UPSTREAM_UNREACHABLE')
 }
 
+/** When a token budget meters this request, a tap that reads upstream's `usage` as the body goes by. */
+function usageTapFor (request: FastifyRequest, contentType: string | undefined): UsageTap | undefined {
+  const usage = request.oaiProxyUsage
+  if (usage === null || usage === undefined) return undefined
+  const mode = contentType?.startsWith('text/event-stream') === true ? 'sse' : contentType?.includes('json') === true ? 'json' : undefined
+  if (mode === undefined) return undefined
+  return new UsageTap({ mode, hideUsageChunk: usage.hideUsageChunk, onUsage: (n) => { usage.totalTokens = n } })
+}
+
 function firstHeader (value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value
 }
@@ -47,14 +62,17 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
 
     // A client that goes away aborts the upstream call, before or after its headers arrive.
     const abort = new AbortController()
-    reply.raw.once('close', () => {
+    onResponseClose(reply.raw, () => {
       if (!reply.raw.writableFinished) abort.abort()
     })
 
     const tried = new Set<string>()
     for (;;) {
       const key = keys.pool.acquire(tried)
-      if (key === undefined) throw proxyError('NO_UPSTREAM_KEYS', [], { headers: { 'x-should-retry': 'false' } })
+      if (key === undefined) {
+        if (request.oaiProxyUsage) request.oaiProxyUsage.totalTokens = 0
+        throw proxyError('NO_UPSTREAM_KEYS', [], { headers: { 'x-should-retry': 'false' } })
+      }
       tried.add(key.id)
       const headers = upstreamRequestHeaders(request.headers, { key: key.key, organization: keys.organization, project: keys.project, userAgent: opts.userAgent }, body !== undefined)
 
@@ -73,10 +91,14 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
           res.body.destroy()
           throw proxyError('UPSTREAM_BAD_RESPONSE')
         }
+        // A small JSON answer a plugin asked to rewrite (only where the endpoint table allows it).
+        const rewrite = endpoint.rewritableResponse === undefined ? null : request.oaiProxyRewriteResponse
+        if (typeof rewrite === 'function') return sendRewritten(reply, res, rewrite, keys.secrets)
         const out = new SecretRedactor(keys.secrets)
+        const tap = usageTapFor(request, firstHeader(res.headers['content-type']))
         // pipeline: an upstream that dies mid-stream destroys `out`, so the client's response is cut off
         // (never ended cleanly); a client that leaves destroys `out`, which aborts the upstream body.
-        pipeline(res.body, out, (err) => {
+        pipeline(tap === undefined ? [res.body, out] : [res.body, tap, out], (err) => {
           if (err !== undefined && err !== null) request.log.warn({ code: (err as { code?: string }).code }, 'oai-proxy: upstream stream ended abnormally')
         })
         return reply.code(status).headers(clientResponseHeaders(res.headers)).send(out)
@@ -100,6 +122,8 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
         continue
       }
       if (verdict.coolDownMs !== undefined) keys.pool.coolDown(key.id, verdict.coolDownMs)
+      // Upstream refused the call: nothing was billed, so a token reservation is refunded.
+      if (request.oaiProxyUsage) request.oaiProxyUsage.totalTokens = 0
       return reply.code(verdict.status).headers(clientResponseHeaders(res.headers)).type('application/json').send(verdict.body)
     }
   }

@@ -1,4 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox'
+import type { Redis } from 'ioredis'
+import { PromptFilterOptionsSchema } from './prompt-filter.js'
+import { RequestPolicyOptionsSchema } from './request-policy.js'
 import type { ResolveClient } from '../plugins/auth.js'
 
 /*
@@ -9,6 +12,29 @@ import type { ResolveClient } from '../plugins/auth.js'
 
 const Secret = Type.String({ minLength: 1, maxLength: 512, pattern: '^[\\x21-\\x7e]+$' })
 const Millis = Type.Integer({ minimum: 1, maximum: 24 * 3600 * 1000 })
+const Count = Type.Integer({ minimum: 0, maximum: 1e12 })
+
+export const RateLimitOptionsSchema = Type.Object({
+  /** Requests per client per window. Default 0 (off). */
+  requestsPerWindow: Type.Optional(Count),
+  /** The request window in ms. Default 60 000. */
+  windowMs: Type.Optional(Millis),
+  /** Prompt + output tokens per client per minute. Default 0 (off). */
+  tokensPerMinute: Type.Optional(Count),
+  /** Simultaneous requests per client. Default 0 (off). */
+  maxConcurrent: Type.Optional(Count),
+  /** Failed requests (401/404/405) per address per minute before the address is refused. Default 120; 0 = off. */
+  failuresPerMinute: Type.Optional(Count),
+  /** Output tokens reserved when a request sets no cap. Default 1024. */
+  defaultOutputTokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000_000 })),
+  /** Redis unreachable: `open` (default) = per-replica memory limits, `closed` = 503. */
+  onStoreError: Type.Optional(Type.Union([Type.Literal('open'), Type.Literal('closed')])),
+  /** Longest wait for one Redis command. Default 250 ms. */
+  storeTimeoutMs: Type.Optional(Type.Integer({ minimum: 10, maximum: 10_000 })),
+  /** Lease of a concurrency slot in Redis (a crashed replica's slots expire after it). Default 1 h. */
+  slotLeaseMs: Type.Optional(Millis)
+}, { additionalProperties: false })
+export type RateLimitConfig = Static<typeof RateLimitOptionsSchema>
 
 export const OaiProxyOptionsSchema = Type.Object({
   /** Upstream origin (optionally with a path prefix). A trailing `/v1` is tolerated. Default `https://api.openai.com`. */
@@ -39,6 +65,18 @@ export const OaiProxyOptionsSchema = Type.Object({
   unprefixedRoutes: Type.Optional(Type.Boolean()),
   /** Demo mode: mark every response with `x-oai-proxy-demo: true`. */
   demo: Type.Optional(Type.Boolean()),
+  /** Per-client limits (ARCHITECTURE §3 steps 3 and 7). Every limit is off at 0. */
+  rateLimit: Type.Optional(RateLimitOptionsSchema),
+  /** Keep limits in Redis at this URL (`REDIS_URL`), shared by every replica. Default: in memory. */
+  redisUrl: Type.Optional(Type.String({ minLength: 1 })),
+  /** Or a host's own ioredis client (never closed by the proxy). Wins over `redisUrl`. */
+  redis: Type.Optional(Type.Unsafe<Redis>(Type.Any())),
+  /** Prompt filter: phrase, regex and script rules, non-text inputs, the moderation check, how refusals look (`schemas/prompt-filter.ts`). Absent: off. */
+  filter: Type.Optional(PromptFilterOptionsSchema),
+  /** Request policy: model allowlist, output-token and `n` caps, `store` forced off, stored-data and hosted-tool refusals (`schemas/request-policy.ts`). Applies with its defaults when absent. */
+  policy: Type.Optional(RequestPolicyOptionsSchema),
+  /** Log an excerpt of refused prompts. Default false: refusals are logged with rule and parameter only. */
+  logPrompts: Type.Optional(Type.Boolean()),
   /**
    * Browser access (CORS). `origins`: exact origins and `https://*.example.com` patterns, anchored; `*` and
    * `null` are refused. Absent or empty: no CORS headers, browsers cannot read any answer.
@@ -83,7 +121,35 @@ export const EnvSchema = Type.Object({
   UPSTREAM_IDLE_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),
   SHUTDOWN_GRACE_MS: Int(0, 3600 * 1000),
   ENDPOINTS: Type.Optional(Type.String()),
+  REDIS_URL: Type.Optional(Type.String({ minLength: 1 })),
+  RATE_LIMIT_RPM: Int(0, 1e9),
+  MODEL_RATE_LIMIT: Int(0, 1e9),
+  RATE_LIMIT_WINDOW_MS: Int(1, 24 * 3600 * 1000),
+  RATE_LIMIT_TPM: Int(0, 1e12),
+  MAX_CONCURRENT_REQUESTS: Int(0, 1e6),
+  RATE_LIMIT_FAILURES_PER_MINUTE: Int(0, 1e9),
+  RATE_LIMIT_DEFAULT_OUTPUT_TOKENS: Int(1, 10_000_000),
+  RATE_LIMIT_ON_STORE_ERROR: Type.Optional(Type.Unsafe<'open' | 'closed'>({ type: 'string', enum: ['open', 'closed'] })),
   NODE_TLS_REJECT_UNAUTHORIZED: Type.Optional(Type.String()),
+  // Prompt filter and request policy (docs/prompt-filter.md); parsed in lib/filter-env.ts.
+  REJECT_PHRASES: Type.Optional(Type.String()),
+  REJECT_DISALLOWED: Type.Optional(Type.String()),
+  REJECT_SCRIPT_MIN_CHARS: Int(1, 1_000_000),
+  REJECT_SAMPLE_RATE: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
+  REJECT_MESSAGE: Type.Optional(Type.String({ minLength: 1, maxLength: 2000 })),
+  REJECT_MODE: Type.Optional(Type.Unsafe<'error' | 'completion'>({ type: 'string', enum: ['error', 'completion'] })),
+  REJECT_NON_TEXT: Type.Optional(Type.Boolean()),
+  FILTER_MODERATIONS_INPUT: Type.Optional(Type.Boolean()),
+  MODERATION_CHECK: Type.Optional(Type.Boolean()),
+  MODERATION_FAIL_MODE: Type.Optional(Type.Unsafe<'open' | 'closed'>({ type: 'string', enum: ['open', 'closed'] })),
+  MODERATION_MODEL: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  LOG_PROMPTS: Type.Optional(Type.Boolean()),
+  ALLOWED_MODELS: Type.Optional(Type.String()),
+  MAX_OUTPUT_TOKENS: Int(1, 100_000_000),
+  MAX_N: Int(1, 128),
+  ALLOWED_TOOLS: Type.Optional(Type.String()),
+  ALLOWED_SERVICE_TIERS: Type.Optional(Type.String()),
+  ALLOW_STORED_STATE: Type.Optional(Type.String()),
   /** Comma-separated browser origins allowed by CORS (exact, or `https://*.example.com`). */
   CORS_ORIGINS: Type.Optional(Type.String())
 })

@@ -1,4 +1,5 @@
 import type { TSchema } from '@sinclair/typebox'
+import type { ReplyShape } from '../lib/refusal-reply.js'
 import {
   ChatCompletionBodySchema, CompletionBodySchema, EmbeddingBodySchema, ModelParamsSchema,
   ModerationBodySchema, ResponseBodySchema
@@ -18,18 +19,53 @@ export interface EndpointDefinition {
   params?: TSchema
   /** Whether the client may ask for `stream: true`. */
   streams: boolean
-  /** Body fields that cap output tokens (request policy, token budgets). */
+  /** Body fields that cap output tokens (request policy, token budgets). The first is set when none is sent. */
   outputCapFields: readonly string[]
+  /** Where the prompt text lives (prompt filter, token counting); `null` when the request carries none. */
+  prompt: PromptFields | null
+  /** Where the request names its model (request policy: model allowlist). */
+  model?: { in: 'body' | 'params', required: boolean }
+  /** Body fields that ask for several completions at once (request policy: capped). */
+  choiceFields?: readonly string[]
+  /** Upstream `store` default: `on` (Responses stores unless told not to) or `off` (chat). Request policy forces it off. */
+  storeDefault?: 'on' | 'off'
+  /** The answer's shape, so a refusal can be dressed as one (prompt filter, reject mode `completion`). */
+  replyShape?: ReplyShape
+  /** A small JSON 2xx answer the proxy may buffer and a plugin rewrite: `model-list` (policy hides disallowed models). */
+  rewritableResponse?: 'model-list'
+  /**
+   * How upstream reports token use, for token budgets: `stream-option` (in the body, or in a final chunk
+   * when `stream_options.include_usage` is set), `always` (body or terminal event). Absent: not metered.
+   */
+  usage?: 'stream-option' | 'always'
 }
 
+/**
+ * Where a request keeps its prompt text. Every string beneath these top-level fields is text unless it sits
+ * under a known identifier/enum/data key (`lib/prompt-text.ts`), so new OpenAI fields are covered too.
+ */
+export interface PromptFields {
+  /** Top-level body fields holding prompt text (walked to any depth). */
+  text: readonly string[]
+  /** Of those, the fields that may hold token ids instead of text (threat B12: refused while filtering). */
+  tokens?: readonly string[]
+  /** Fields of `body`'s schema that are deliberately not prompt text (the coverage test checks every field is classified). */
+  notText: readonly string[]
+  /** Filtered only when the operator opts in (`filter.optInEndpoints`). */
+  optIn?: boolean
+}
+
+const inBody = { in: 'body', required: true } as const
+
 export const endpoints: readonly EndpointDefinition[] = [
-  { id: 'chat.completions', method: 'POST', path: '/chat/completions', body: ChatCompletionBodySchema, streams: true, outputCapFields: ['max_tokens', 'max_completion_tokens'] },
-  { id: 'completions', method: 'POST', path: '/completions', body: CompletionBodySchema, streams: true, outputCapFields: ['max_tokens'] },
-  { id: 'responses', method: 'POST', path: '/responses', body: ResponseBodySchema, streams: true, outputCapFields: ['max_output_tokens'] },
-  { id: 'embeddings', method: 'POST', path: '/embeddings', body: EmbeddingBodySchema, streams: false, outputCapFields: [] },
-  { id: 'moderations', method: 'POST', path: '/moderations', body: ModerationBodySchema, streams: false, outputCapFields: [] },
-  { id: 'models.list', method: 'GET', path: '/models', streams: false, outputCapFields: [] },
-  { id: 'models.retrieve', method: 'GET', path: '/models/:model', params: ModelParamsSchema, streams: false, outputCapFields: [] }
+  { id: 'chat.completions', method: 'POST', path: '/chat/completions', body: ChatCompletionBodySchema, streams: true, outputCapFields: ['max_completion_tokens', 'max_tokens'], choiceFields: ['n'], model: inBody, storeDefault: 'off', replyShape: 'chat.completion', usage: 'stream-option', prompt: { text: ['messages', 'tools', 'functions', 'response_format', 'prediction'], notText: ['model', 'stream'] } },
+  { id: 'completions', method: 'POST', path: '/completions', body: CompletionBodySchema, streams: true, outputCapFields: ['max_tokens'], choiceFields: ['n', 'best_of'], model: inBody, replyShape: 'text_completion', usage: 'stream-option', prompt: { text: ['prompt', 'suffix'], tokens: ['prompt'], notText: ['model', 'stream'] } },
+  { id: 'responses', method: 'POST', path: '/responses', body: ResponseBodySchema, streams: true, outputCapFields: ['max_output_tokens'], model: inBody, storeDefault: 'on', replyShape: 'response', usage: 'always', prompt: { text: ['input', 'instructions', 'tools', 'text', 'prompt'], notText: ['model', 'stream'] } },
+  { id: 'embeddings', method: 'POST', path: '/embeddings', body: EmbeddingBodySchema, streams: false, outputCapFields: [], model: inBody, usage: 'always', prompt: { text: ['input'], tokens: ['input'], notText: ['model'] } },
+  // Moderations input is what someone wants classified, so filtering it is the operator's choice.
+  { id: 'moderations', method: 'POST', path: '/moderations', body: ModerationBodySchema, streams: false, outputCapFields: [], model: { in: 'body', required: false }, prompt: { text: ['input'], notText: ['model'], optIn: true } },
+  { id: 'models.list', method: 'GET', path: '/models', streams: false, outputCapFields: [], prompt: null, rewritableResponse: 'model-list' },
+  { id: 'models.retrieve', method: 'GET', path: '/models/:model', params: ModelParamsSchema, streams: false, outputCapFields: [], model: { in: 'params', required: true }, prompt: null }
 ]
 
 export type EndpointId = string

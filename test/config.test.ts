@@ -12,7 +12,7 @@ const secret = canaryKey()
 t.test('defaults with only a key', async (t) => {
   const c = readConfig({ OPENAI_KEY: secret })
   t.strictSame(c.server, { host: '127.0.0.1', port: 8080, logLevel: 'info', trustProxy: false, requestTimeoutMs: 60_000, shutdownGraceMs: 10_000, production: false })
-  t.strictSame(c.proxy, { openaiKeys: [secret], proxyKeys: [] })
+  t.strictSame(c.proxy, { openaiKeys: [secret], proxyKeys: [], rateLimit: {} })
   t.equal(c.demo, false)
 })
 
@@ -38,6 +38,15 @@ t.test('every variable maps onto its option', async (t) => {
     UPSTREAM_IDLE_TIMEOUT_MS: '300',
     SHUTDOWN_GRACE_MS: '400',
     ENDPOINTS: 'chat.completions,models.list',
+    REDIS_URL: 'redis://127.0.0.1:6390',
+    RATE_LIMIT_RPM: '30',
+    MODEL_RATE_LIMIT: '99',
+    RATE_LIMIT_WINDOW_MS: '30000',
+    RATE_LIMIT_TPM: '9000',
+    MAX_CONCURRENT_REQUESTS: '3',
+    RATE_LIMIT_FAILURES_PER_MINUTE: '10',
+    RATE_LIMIT_DEFAULT_OUTPUT_TOKENS: '256',
+    RATE_LIMIT_ON_STORE_ERROR: 'closed',
     NODE_ENV: 'production'
   })
   t.strictSame(c.proxy, {
@@ -52,7 +61,9 @@ t.test('every variable maps onto its option', async (t) => {
     upstreamConnectTimeoutMs: 100,
     upstreamHeadersTimeoutMs: 200,
     upstreamIdleTimeoutMs: 300,
-    endpoints: ['chat.completions', 'models.list']
+    endpoints: ['chat.completions', 'models.list'],
+    redisUrl: 'redis://127.0.0.1:6390',
+    rateLimit: { requestsPerWindow: 30, windowMs: 30_000, tokensPerMinute: 9000, maxConcurrent: 3, failuresPerMinute: 10, defaultOutputTokens: 256, onStoreError: 'closed' }
   })
   t.strictSame(c.server, { host: '0.0.0.0', port: 9000, logLevel: 'debug', trustProxy: ['10.0.0.0/8', '192.168.1.1'], requestTimeoutMs: 5000, shutdownGraceMs: 400, production: true })
 })
@@ -62,6 +73,8 @@ t.test('bad values stop start-up naming the variable and never printing a secret
     [{ OPENAI_KEY: secret, PORT: '70000' }, /PORT/],
     [{ OPENAI_KEY: secret, PORT: 'eighty' }, /PORT/],
     [{ OPENAI_KEY: secret, LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
+    [{ OPENAI_KEY: secret, RATE_LIMIT_ON_STORE_ERROR: 'maybe' }, /RATE_LIMIT_ON_STORE_ERROR/],
+    [{ OPENAI_KEY: secret, RATE_LIMIT_RPM: '-1' }, /RATE_LIMIT_RPM/],
     [{ OPENAI_KEY: secret, BODY_LIMIT: '10' }, /BODY_LIMIT/],
     [{ OPENAI_KEY: `${secret},bad key with spaces` }, /OPENAI_KEY: entry 2/],
     [{ OPENAI_KEY: secret, PROXY_KEY: `ok,${secret}\u0000` }, /PROXY_KEY: entry 2/],
@@ -78,6 +91,10 @@ t.test('bad values stop start-up naming the variable and never printing a secret
     t.match(err.message, pattern)
     t.notMatch(err.message, /CANARY/, 'no secret in the message')
   }
+})
+
+t.test('the original MODEL_RATE_LIMIT is accepted as requests per minute', async (t) => {
+  t.strictSame(readConfig({ OPENAI_KEY: secret, MODEL_RATE_LIMIT: '4' }).proxy.rateLimit, { requestsPerWindow: 4 })
 })
 
 t.test('no key outside production means demo mode', async (t) => {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { connect } from 'node:net'
 import { Writable } from 'node:stream'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import oaiProxy from '../app.js'
 import { oaiProxyServerOptions } from '../lib/server-options.js'
@@ -68,6 +68,8 @@ export interface HarnessOptions {
   keyCount?: number
   /** Listen on a loopback port (for real sockets). Default false (inject only). */
   listen?: boolean
+  /** Extra Fastify constructor options (e.g. `trustProxy`). */
+  fastify?: FastifyServerOptions
   /** Skip the teardown check that the upstream saw only allowlisted pairs. */
   allowAnyUpstream?: boolean
 }
@@ -86,8 +88,10 @@ export async function harness (opts: HarnessOptions = {}): Promise<Harness & { c
       done()
     }
   })
-  const app = Fastify({ ...oaiProxyServerOptions, logger: { level: 'trace', stream } })
-  await app.register(oaiProxy, { upstreamUrl: upstream.url, openaiKeys: keys, organization, project, proxyKeys: [proxyKey], ...opts.proxy })
+  const app = Fastify({ ...oaiProxyServerOptions, ...opts.fastify, logger: { level: 'trace', stream } })
+  // The abuse guard is off unless a test asks for it: several suites send hundreds of 404s on purpose.
+  const rateLimit = { failuresPerMinute: 0, ...opts.proxy?.rateLimit }
+  await app.register(oaiProxy, { upstreamUrl: upstream.url, openaiKeys: keys, organization, project, proxyKeys: [proxyKey], ...opts.proxy, rateLimit })
   const url = opts.listen === true ? await app.listen({ host: '127.0.0.1', port: 0 }) : ''
   await app.ready()
   const close = async () => {

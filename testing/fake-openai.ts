@@ -95,13 +95,15 @@ function defaultPlan (req: RecordedRequest, opts: FakeOpenAIOptions): Plan {
   return { kind: 'json', status: 404, body: R.errorBody(`Invalid URL (${req.method} ${path})`, 'invalid_request_error', 'unknown_url') }
 }
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+// Unref'd: a scripted delay must not keep a test process alive after the fake is closed.
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
 
 async function play (plan: Plan, res: ServerResponse, sockets: Set<Socket>): Promise<void> {
   const headers = { 'x-request-id': 'req_fake', 'openai-processing-ms': '1', ...('headers' in plan ? plan.headers : {}) }
   switch (plan.kind) {
     case 'delay':
       await sleep(plan.ms)
+      if (res.destroyed) return
       return play(plan.then, res, sockets)
     case 'stall':
       return

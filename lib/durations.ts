@@ -1,0 +1,23 @@
+/**
+ * OpenAI's `x-ratelimit-reset-*` format: Go's time.Duration string ("12ms", "1s", "1.5s", "6m0s",
+ * "1h2m3s"), per openai-wire.md §1.2.
+ */
+export function goDuration (ms: number): string {
+  const total = Math.max(0, Math.round(ms))
+  if (total < 1000) return `${total}ms`
+  const h = Math.floor(total / 3_600_000)
+  const m = Math.floor((total % 3_600_000) / 60_000)
+  const s = ((total % 60_000) / 1000).toFixed(3).replace(/\.?0+$/, '')
+  if (h > 0) return `${h}h${m}m${s}s`
+  if (m > 0) return `${m}m${s}s`
+  return `${s}s`
+}
+
+/** `Retry-After` (whole seconds, rounded up, at least 1) and `retry-after-ms`, and whether to retry at all. */
+export function retryHeaders (waitMs: number, retryable = true): Record<string, string> {
+  const ms = Math.max(1, Math.ceil(waitMs))
+  const headers: Record<string, string> = { 'retry-after': String(Math.ceil(ms / 1000)), 'retry-after-ms': String(ms) }
+  // The SDK would otherwise sleep for Retry-After, twice; a wait over a minute is better reported than slept.
+  if (!retryable || ms > 60_000) headers['x-should-retry'] = 'false'
+  return headers
+}

@@ -1,0 +1,170 @@
+import { RE2JS, RE2Set } from 're2js'
+import { Cooperative, normalise } from './normalise.js'
+
+/*
+ * The prompt filter's rules, compiled once at start-up into one RE2 set: phrases and operator regexes
+ * alike run on a linear-time automaton that cannot backtrack, in a single pass over the text however many
+ * rules there are. A pattern that needs backtracking (backreferences, lookaround) does not compile, so it
+ * is refused at start-up rather than left to stall the event loop on a crafted prompt.
+ */
+
+export class RuleError extends Error {
+  constructor (readonly option: 'phrases' | 'patterns' | 'scripts', readonly index: number, reason: string) {
+    super(reason)
+  }
+}
+
+/** Anything that is not a letter or a digit: word separators, punctuation, and the joins between fields. */
+const SEP = '[^\\p{L}\\p{N}]'
+/** Scripts written without spaces between words: a phrase in them has no word boundary to look for. */
+const UNSPACED = /[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Thai}\p{Script=Lao}\p{Script=Khmer}\p{Script=Myanmar}]/u
+
+/**
+ * A phrase as an RE2 pattern over normalised text: its words in order, separated by any run of
+ * non-letters or by nothing (`ignorepreviousinstructions`), not inside a longer word (so "ass" does not
+ * block "class"), and each word of three or more letters also matched letter-spaced (`i g n o r e`,
+ * `i.g.n.o.r.e`).
+ */
+export function phrasePattern (phrase: string): string {
+  const words = normalise(phrase).split(/[^\p{L}\p{N}]+/u).filter((w) => w.length > 0)
+  const first = words[0]
+  const last = words.at(-1)
+  if (first === undefined || last === undefined) throw new Error('has no letters or digits once normalised; write it as a regex')
+  const word = (w: string): string => {
+    const letters = [...w]
+    if (letters.length < 3) return RE2JS.quote(w)
+    return `(?:${RE2JS.quote(w)}|${letters.map((c) => RE2JS.quote(c)).join(`${SEP}{1,3}`)})`
+  }
+  const open = UNSPACED.test(first[0] ?? '') ? '' : `(?:^|${SEP})`
+  const close = UNSPACED.test(last.at(-1) ?? '') ? '' : `(?:${SEP}|$)`
+  return open + words.map(word).join(`${SEP}*`) + close
+}
+
+/** Compile one operator regex on RE2, or explain why it cannot be used. */
+function checkPattern (source: string): string {
+  let compiled: RE2JS
+  try {
+    compiled = RE2JS.compile(source, RE2JS.CASE_INSENSITIVE)
+  } catch (err) {
+    const detail = (err as Error).message.slice(0, 200)
+    throw new Error(`is not a pattern the linear-time engine (RE2) accepts; backreferences and lookaround need backtracking and are refused (${detail})`)
+  }
+  if (compiled.test('')) throw new Error('matches empty text, so it would refuse every request')
+  return source
+}
+
+export interface RuleMatch {
+  /** `phrase:3` / `pattern:1` (1-based, as listed), never the rule text: logs and replies stay generic. */
+  id: string
+  index: number
+}
+
+/**
+ * Every rule as an RE2 pattern, each checked on its own; throws `RuleError` naming the option and 0-based
+ * entry that cannot be used. Cheaper than building the set, so config loading can check line by line.
+ */
+export function compileRules (phrases: readonly string[] = [], patterns: readonly string[] = []): Array<{ id: string, source: string }> {
+  const rule = (option: 'phrases' | 'patterns', id: string, make: () => string, i: number) => {
+    try {
+      return { id: `${id}:${i + 1}`, source: make() }
+    } catch (err) {
+      throw new RuleError(option, i, (err as Error).message)
+    }
+  }
+  return [
+    ...phrases.map((p, i) => rule('phrases', 'phrase', () => phrasePattern(p), i)),
+    ...patterns.map((p, i) => rule('patterns', 'pattern', () => checkPattern(p), i))
+  ]
+}
+
+export class RuleSet {
+  readonly #set: RE2Set | null
+  readonly #sources: string[]
+  readonly #ids: string[]
+  readonly #single = new Map<number, RE2JS>()
+
+  /** Throws `RuleError` naming the option and 0-based entry that cannot be used. */
+  constructor (phrases: readonly string[] = [], patterns: readonly string[] = []) {
+    const rules = compileRules(phrases, patterns)
+    this.#sources = rules.map((r) => r.source)
+    this.#ids = rules.map((r) => r.id)
+    if (rules.length === 0) {
+      this.#set = null
+      return
+    }
+    const set = new RE2Set(RE2Set.UNANCHORED, RE2JS.CASE_INSENSITIVE)
+    for (const s of this.#sources) set.add(s)
+    set.compile()
+    this.#set = set
+  }
+
+  get size (): number {
+    return this.#sources.length
+  }
+
+  /**
+   * Run the automaton over sample text in several scripts once, at start-up: the engine's code gets
+   * compiled and the DFA states that ordinary text needs get built now, not during the first large prompt
+   * (which otherwise stalls the event loop for ~100 ms).
+   */
+  warm (): void {
+    const sample = 'The quick brown fox, 42 times! Пожалуйста, быстро. 東京の天気 날씨 Ελληνικά العربية हिन्दी\n'
+    this.first(normalise(sample.repeat(256)))
+  }
+
+  /** The first rule (in configuration order) that matches normalised text, if any. One linear pass. */
+  first (text: string): RuleMatch | null {
+    if (this.#set === null) return null
+    const hits = this.#set.match(text)
+    if (hits.length === 0) return null
+    const index = Math.min(...hits)
+    return { id: this.#ids[index] as string, index }
+  }
+
+  /**
+   * Which piece of text a matched rule is in: the index into `texts`, or -1 when the match only exists
+   * across pieces (a phrase split between two messages). Only runs on the refusal path.
+   */
+  async locate (rule: RuleMatch, texts: readonly string[], co: Cooperative): Promise<number> {
+    let re = this.#single.get(rule.index)
+    if (re === undefined) {
+      re = RE2JS.compile(this.#sources[rule.index] as string, RE2JS.CASE_INSENSITIVE)
+      this.#single.set(rule.index, re)
+    }
+    for (let i = 0; i < texts.length; i++) {
+      if (re.test(texts[i] as string)) return i
+      await co.maybeYield()
+    }
+    return -1
+  }
+}
+
+/** Check script names (`Han`, `Cyrillic`, ...) and build one matcher for all of them. */
+export function scriptMatcher (scripts: readonly string[]): RegExp | null {
+  if (scripts.length === 0) return null
+  scripts.forEach((name, i) => {
+    let ok = /^[A-Za-z_]{2,40}$/.test(name)
+    try {
+      if (ok) RegExp(`\\p{Script=${name}}`, 'u')
+    } catch {
+      ok = false
+    }
+    if (!ok) throw new RuleError('scripts', i, 'is not a Unicode script name (e.g. Han, Hiragana, Katakana, Hangul, Cyrillic, Arabic)')
+  })
+  return new RegExp(`[${scripts.map((s) => `\\p{Script=${s}}`).join('')}]`, 'gu')
+}
+
+/** How many characters of the matched scripts `text` holds, counting no further than `enough`. */
+export function countScript (re: RegExp, text: string, enough: number): number {
+  re.lastIndex = 0
+  let n = 0
+  while (n < enough && re.exec(text) !== null) n++
+  return n
+}
+
+/** The script of one character, for logs: `Han`. */
+export function scriptOf (scripts: readonly string[], text: string, re: RegExp): string {
+  re.lastIndex = 0
+  const ch = re.exec(text)?.[0] ?? ''
+  return scripts.find((s) => new RegExp(`\\p{Script=${s}}`, 'u').test(ch)) ?? 'unknown'
+}

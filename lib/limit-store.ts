@@ -1,0 +1,162 @@
+import type { Redis } from 'ioredis'
+
+/*
+ * Token-per-minute windows and concurrency slots, in memory or in Redis. Every operation returns a handle
+ * bound to the store that granted it, so a settle or release after a Redis outage (or recovery) goes back
+ * to where the grant was made and no slot leaks.
+ */
+
+export interface TokenGrant {
+  admitted: boolean
+  /** Tokens counted in the current window, including this request if admitted. */
+  used: number
+  limit: number
+  /** Milliseconds until the window resets. */
+  resetMs: number
+  /** Replace the reservation with the real count (a refund when smaller). */
+  settle: (actualTokens: number) => Promise<void>
+}
+
+export interface SlotGrant {
+  admitted: boolean
+  release: () => Promise<void>
+}
+
+export interface LimitStore {
+  readonly kind: 'memory' | 'redis'
+  reserveTokens: (client: string, tokens: number, limit: number, windowMs: number) => Promise<TokenGrant>
+  acquireSlot: (client: string, slot: string, max: number, leaseMs: number) => Promise<SlotGrant>
+}
+
+const windowKey = (client: string, windowMs: number, now: number) => `oaiproxy:tpm:${client}:${Math.floor(now / windowMs)}`
+const noop = async (): Promise<void> => {}
+
+export class MemoryLimitStore implements LimitStore {
+  readonly kind = 'memory' as const
+  readonly #windows = new Map<string, { used: number, expiresAt: number }>()
+  readonly #slots = new Map<string, Set<string>>()
+  readonly #sweeper: NodeJS.Timeout
+
+  constructor () {
+    // Expired windows are dropped once a minute; the timer never keeps the process alive.
+    this.#sweeper = setInterval(() => {
+      const now = Date.now()
+      for (const [k, w] of this.#windows) if (w.expiresAt <= now) this.#windows.delete(k)
+    }, 60_000).unref()
+  }
+
+  close (): void {
+    clearInterval(this.#sweeper)
+  }
+
+  async reserveTokens (client: string, tokens: number, limit: number, windowMs: number): Promise<TokenGrant> {
+    const now = Date.now()
+    const key = windowKey(client, windowMs, now)
+    const w = this.#windows.get(key) ?? { used: 0, expiresAt: now + 2 * windowMs }
+    const resetMs = windowMs - (now % windowMs)
+    if (w.used + tokens > limit) return { admitted: false, used: w.used, limit, resetMs, settle: noop }
+    w.used += tokens
+    this.#windows.set(key, w)
+    const settle = async (actual: number): Promise<void> => {
+      const delta = actual - tokens
+      const current = this.#windows.get(key)
+      if (current !== undefined) current.used = Math.max(0, current.used + delta)
+      else if (delta > 0) this.#charge(client, delta, windowMs)
+    }
+    return { admitted: true, used: w.used, limit, resetMs, settle }
+  }
+
+  #charge (client: string, tokens: number, windowMs: number): void {
+    const now = Date.now()
+    const key = windowKey(client, windowMs, now)
+    const w = this.#windows.get(key) ?? { used: 0, expiresAt: now + 2 * windowMs }
+    w.used += tokens
+    this.#windows.set(key, w)
+  }
+
+  async acquireSlot (client: string, slot: string, max: number): Promise<SlotGrant> {
+    const held = this.#slots.get(client) ?? new Set<string>()
+    if (held.size >= max) return { admitted: false, release: noop }
+    held.add(slot)
+    this.#slots.set(client, held)
+    return {
+      admitted: true,
+      release: async () => {
+        held.delete(slot)
+        if (held.size === 0 && this.#slots.get(client) === held) this.#slots.delete(client)
+      }
+    }
+  }
+
+  /** For tests and /health: slots currently held by a client. */
+  heldSlots (client: string): number {
+    if (client === 'key') return [...this.#slots.values()].reduce((n, s) => n + s.size, 0)
+    return this.#slots.get(client)?.size ?? 0
+  }
+}
+
+/* Atomic scripts: a check-and-add cannot interleave with another replica's. */
+const RESERVE = `
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cost = tonumber(ARGV[1])
+if used + cost > tonumber(ARGV[2]) then return {0, used} end
+used = redis.call('INCRBY', KEYS[1], cost)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, used}`
+
+const SETTLE = `
+local delta = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('INCRBY', KEYS[1], delta) < 0 then redis.call('SET', KEYS[1], 0, 'KEEPTTL') end
+elseif delta > 0 then
+  redis.call('INCRBY', KEYS[2], delta)
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 1`
+
+// Slots are a sorted set scored by lease expiry (Redis clock), so a crashed replica's slots expire.
+const ACQUIRE = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1`
+
+interface ScriptedRedis extends Redis {
+  oaiProxyReserve: (key: string, cost: number, limit: number, ttl: number) => Promise<[number, number]>
+  oaiProxySettle: (key: string, current: string, delta: number, ttl: number) => Promise<number>
+  oaiProxyAcquire: (key: string, slot: string, max: number, lease: number) => Promise<number>
+}
+
+export class RedisLimitStore implements LimitStore {
+  readonly kind = 'redis' as const
+  readonly #redis: ScriptedRedis
+
+  constructor (redis: Redis) {
+    if (typeof (redis as unknown as Partial<ScriptedRedis>).oaiProxyReserve !== 'function') {
+      redis.defineCommand('oaiProxyReserve', { numberOfKeys: 1, lua: RESERVE })
+      redis.defineCommand('oaiProxySettle', { numberOfKeys: 2, lua: SETTLE })
+      redis.defineCommand('oaiProxyAcquire', { numberOfKeys: 1, lua: ACQUIRE })
+    }
+    this.#redis = redis as unknown as ScriptedRedis
+  }
+
+  async reserveTokens (client: string, tokens: number, limit: number, windowMs: number): Promise<TokenGrant> {
+    const now = Date.now()
+    const key = windowKey(client, windowMs, now)
+    const [ok, used] = await this.#redis.oaiProxyReserve(key, tokens, limit, 2 * windowMs)
+    const resetMs = windowMs - (now % windowMs)
+    const settle = async (actual: number): Promise<void> => {
+      await this.#redis.oaiProxySettle(key, windowKey(client, windowMs, Date.now()), actual - tokens, 2 * windowMs)
+    }
+    return { admitted: ok === 1, used, limit, resetMs, settle: ok === 1 ? settle : noop }
+  }
+
+  async acquireSlot (client: string, slot: string, max: number, leaseMs: number): Promise<SlotGrant> {
+    const key = `oaiproxy:slots:${client}`
+    const ok = await this.#redis.oaiProxyAcquire(key, slot, max, leaseMs)
+    return { admitted: ok === 1, release: ok === 1 ? async () => { await this.#redis.zrem(key, slot) } : noop }
+  }
+}

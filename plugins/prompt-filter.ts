@@ -1,0 +1,179 @@
+import fp from 'fastify-plugin'
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import { proxyError } from '../errors.js'
+import { countScript, RuleError, RuleSet, scriptMatcher, scriptOf, type RuleMatch } from '../lib/filter-rules.js'
+import { ModerationClient } from '../lib/moderation.js'
+import { Cooperative, normaliseLong } from '../lib/normalise.js'
+import { scanPrompt, topField, type PromptSegment } from '../lib/prompt-text.js'
+import { refusalReply } from '../lib/refusal-reply.js'
+import { endpoints as allEndpoints, type EndpointDefinition } from '../schemas/endpoints.js'
+import type { PromptFilterConfig } from '../schemas/prompt-filter.js'
+
+export interface PromptFilterOptions extends PromptFilterConfig {
+  /** Log an excerpt of the refused text with each refusal. Default false: rule id and parameter only. */
+  logPrompts?: boolean
+  /** User-Agent of the moderation call. */
+  userAgent?: string
+}
+
+export const DEFAULT_REJECT_MESSAGE = "This request was refused by this proxy's content filter."
+const EXCERPT_CHARS = 500
+
+type Refusal = { rule: string, param: string | null, excerpt?: string, categories?: string[], error: 'CONTENT_FILTER' | 'NON_TEXT_NOT_ALLOWED' }
+
+function invalid (path: string, reason: string): Error {
+  return new Error(`oai-proxy: invalid option /filter/${path}: ${reason}`)
+}
+
+/** Compile and check everything at registration: a rule that cannot work stops start-up, naming the option. */
+function settingsOf (opts: PromptFilterOptions) {
+  let rules: RuleSet
+  let scripts: RegExp | null
+  try {
+    rules = new RuleSet(opts.phrases, opts.patterns)
+    scripts = scriptMatcher(opts.scripts ?? [])
+  } catch (err) {
+    throw err instanceof RuleError ? invalid(`${err.option}/${err.index}`, err.message) : err
+  }
+  const optIn = new Set(opts.optInEndpoints ?? [])
+  for (const id of optIn) {
+    if (allEndpoints.find((e) => e.id === id)?.prompt?.optIn !== true) throw invalid('optInEndpoints', `${id} is not an endpoint whose filtering is opt-in`)
+  }
+  const readsText = rules.size > 0 || scripts !== null || opts.moderation !== undefined
+  return {
+    rules,
+    scripts,
+    scriptNames: opts.scripts ?? [],
+    scriptMinChars: opts.scriptMinChars ?? 1,
+    rejectNonText: opts.nonText === 'reject',
+    completionMode: opts.mode === 'completion',
+    message: opts.message ?? DEFAULT_REJECT_MESSAGE,
+    optIn,
+    readsText,
+    active: readsText || opts.nonText === 'reject'
+  }
+}
+
+/**
+ * The normalised text of all segments, plus each segment's own form. `views` are the texts the rules run
+ * on: every segment on its own line; and, when a content array holds several text parts, those parts glued
+ * together as well, because the model reads them as one run (`ign` + `ore` is `ignore`) while a phrase's
+ * first word still needs a boundary a glued view may hide (`a` + `bomb`).
+ */
+async function normalised (segments: readonly PromptSegment[], co: Cooperative): Promise<{ views: string[], each: string[] }> {
+  const each: string[] = []
+  for (const seg of segments) {
+    each.push(await normaliseLong(seg.text, co))
+    await co.maybeYield()
+  }
+  const views = [each.join('\n')]
+  if (segments.some((seg) => seg.joinsPrevious)) views.push(each.map((n, i) => (i > 0 && segments[i]?.joinsPrevious !== true ? `\n${n}` : n)).join(''))
+  return { views, each }
+}
+
+/**
+ * The prompt filter (ARCHITECTURE §3, step 6): a preHandler that reads every piece of prompt text the
+ * endpoint table locates, normalised, against phrase, regex and script rules, optionally asks the upstream
+ * moderation endpoint, and refuses before anything goes upstream — as an error or a fake completion.
+ */
+const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) => {
+  const s = settingsOf(opts)
+  if (!s.active) return
+  s.rules.warm()
+  if (opts.sampleRate !== undefined) {
+    app.log.info('oai-proxy: REJECT_SAMPLE_RATE (filter.sampleRate) is accepted for compatibility and ignored: every request is scanned in full')
+  }
+  let moderation: ModerationClient | null = null
+  let failOpen = false
+  if (opts.moderation !== undefined) {
+    if (!app.hasDecorator('oaiProxyUpstream') || !app.hasDecorator('oaiProxyKeys')) {
+      throw invalid('moderation', 'needs the upstream and key-injection plugins registered first')
+    }
+    moderation = new ModerationClient(app.oaiProxyUpstream, app.oaiProxyKeys, {
+      model: opts.moderation.model ?? 'omni-moderation-latest',
+      timeoutMs: opts.moderation.timeoutMs ?? 10_000,
+      cacheSize: opts.moderation.cacheSize ?? 10_000,
+      cacheTtlMs: opts.moderation.cacheTtlMs ?? 3600_000,
+      userAgent: opts.userAgent ?? 'oai-reverse-proxy'
+    })
+    failOpen = opts.moderation.failMode === 'open'
+  }
+
+  function refuse (request: FastifyRequest, reply: FastifyReply, endpoint: EndpointDefinition, r: Refusal): FastifyReply {
+    const shape = s.completionMode ? endpoint.replyShape : undefined
+    request.log.info({
+      rule: r.rule,
+      param: r.param,
+      endpoint: endpoint.id,
+      reply: shape === undefined ? 'error' : 'completion',
+      ...(r.categories === undefined ? {} : { categories: r.categories }),
+      ...(opts.logPrompts === true && r.excerpt !== undefined ? { prompt: r.excerpt } : {})
+    }, 'oai-proxy: prompt refused')
+    const err = r.error === 'CONTENT_FILTER' ? proxyError('CONTENT_FILTER', [s.message], { param: r.param }) : proxyError(r.error, [], { param: r.param })
+    if (shape === undefined) throw err
+    const body = request.body as { model?: unknown, stream?: unknown, stream_options?: { include_usage?: unknown } }
+    const stream = endpoint.streams && body.stream === true
+    const fake = refusalReply({ shape, model: String(body.model ?? ''), message: err.message, stream, includeUsage: body.stream_options?.include_usage === true })
+    if (stream) reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no')
+    return reply.code(200).header('content-type', fake.contentType).send(fake.body)
+  }
+
+  app.addHook('preHandler', async (request, reply) => {
+    const endpoint = request.routeOptions.config.oaiProxyEndpoint
+    const fields = endpoint?.prompt
+    if (endpoint === undefined || fields === null || fields === undefined) return
+    if (fields.optIn === true && !s.optIn.has(endpoint.id)) return
+
+    const scan = scanPrompt(request.body, fields)
+    if (scan.tokens !== null && s.readsText) {
+      const param = topField(scan.tokens)
+      request.log.info({ rule: 'token_ids', param, endpoint: endpoint.id }, 'oai-proxy: prompt refused')
+      throw proxyError('TOKEN_IDS_NOT_ALLOWED', [param], { param })
+    }
+    if (scan.media !== null && s.rejectNonText) return refuse(request, reply, endpoint, { rule: 'non_text', param: scan.media, error: 'NON_TEXT_NOT_ALLOWED' })
+    const segments = scan.segments
+    if (segments.length === 0) return
+    const excerpt = (seg: PromptSegment | undefined): string => seg?.text.slice(0, EXCERPT_CHARS) ?? ''
+    const co = new Cooperative()
+
+    if (s.scripts !== null) {
+      let seen = 0
+      for (const seg of segments) {
+        seen += countScript(s.scripts, seg.text, s.scriptMinChars - seen)
+        if (seen >= s.scriptMinChars) {
+          const rule = `script:${scriptOf(s.scriptNames, seg.text, s.scripts)}`
+          return refuse(request, reply, endpoint, { rule, param: seg.path, excerpt: excerpt(seg), error: 'CONTENT_FILTER' })
+        }
+        await co.maybeYield()
+      }
+    }
+
+    if (s.rules.size > 0) {
+      const text = await normalised(segments, co)
+      await co.maybeYield()
+      let hit: RuleMatch | null = null
+      for (const view of text.views) {
+        hit ??= s.rules.first(view)
+        await co.maybeYield()
+      }
+      if (hit !== null) {
+        const at = await s.rules.locate(hit, text.each, co)
+        const seg = at === -1 ? undefined : segments[at]
+        const param = seg?.path ?? topField(segments[0]?.path ?? '')
+        return refuse(request, reply, endpoint, { rule: hit.id, param, excerpt: excerpt(seg ?? segments[0]), error: 'CONTENT_FILTER' })
+      }
+    }
+
+    if (moderation !== null) {
+      const verdict = await moderation.check(segments.map((seg) => seg.text).join('\n'), request.log)
+      if (!verdict.ok) {
+        request.log.warn({ reason: verdict.reason, failMode: failOpen ? 'open' : 'closed' }, 'oai-proxy: moderation unavailable')
+        if (!failOpen) throw proxyError('FILTER_UNAVAILABLE')
+      } else if (verdict.flagged) {
+        return refuse(request, reply, endpoint, { rule: 'moderation', param: topField(segments[0]?.path ?? ''), categories: verdict.categories, excerpt: excerpt(segments[0]), error: 'CONTENT_FILTER' })
+      }
+    }
+  })
+}
+
+export default fp(promptFilter, { name: 'oai-proxy-prompt-filter', fastify: '5.x' })

@@ -1,0 +1,98 @@
+import fp from 'fastify-plugin'
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import { proxyError } from '../errors.js'
+import { goDuration, retryHeaders } from '../lib/durations.js'
+import { onResponseClose } from '../lib/response-close.js'
+import { estimatePromptTokens, outputCap } from '../lib/tokens.js'
+import { limitKey } from './rate-limit.js'
+
+export interface TokenBudgetOptions {
+  /** Tokens (prompt + output) each client may use per minute (`RATE_LIMIT_TPM`). 0 = no limit. */
+  tokensPerMinute: number
+  /** Simultaneous requests per client (`MAX_CONCURRENT_REQUESTS`). 0 = no limit. */
+  maxConcurrent: number
+  /** Output tokens reserved for a request that sets no cap of its own. */
+  defaultOutputTokens: number
+  /** How long a concurrency slot survives a replica that died holding it. */
+  slotLeaseMs: number
+}
+
+/** What the proxy route reports back about a request's real token use. */
+export interface OaiProxyUsage {
+  /** The proxy asked upstream for stream usage the client did not: hide the usage-only chunk. */
+  hideUsageChunk: boolean
+  /** Tokens upstream says the call used; 0 when upstream refused it; null when unknown (aborted, cut). */
+  totalTokens: number | null
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    oaiProxyUsage: OaiProxyUsage | null
+  }
+}
+
+const TPM_WINDOW_MS = 60_000
+
+/**
+ * Admission by tokens and by concurrency (ARCHITECTURE §3 step 7), after the filter and policy so refused
+ * prompts never reserve anything. Tokens are reserved from a local count of the prompt plus the output
+ * cap, then settled with upstream's `usage` when the response ends; a client that aborts is charged the
+ * reservation. A concurrency slot is held until the response closes, whatever the outcome.
+ */
+const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) => {
+  if (opts.tokensPerMinute <= 0 && opts.maxConcurrent <= 0) return
+  const { store } = app.oaiProxyLimits
+  app.decorateRequest('oaiProxyUsage', null)
+
+  const onClose = (reply: FastifyReply, fn: () => Promise<void>) => {
+    onResponseClose(reply.raw, () => { fn().catch((err: unknown) => reply.log.warn({ err }, 'oai-proxy: limit release failed')) })
+  }
+
+  async function admitConcurrency (request: FastifyRequest, reply: FastifyReply, client: string): Promise<void> {
+    const slot = await store.acquireSlot(client, `${process.pid}:${request.id}:${Date.now()}`, opts.maxConcurrent, opts.slotLeaseMs)
+    if (!slot.admitted) {
+      throw proxyError('REQUESTS_LIMITED', [`Too many concurrent requests: Limit ${opts.maxConcurrent}. Please try again when one finishes.`], { headers: retryHeaders(1000) })
+    }
+    onClose(reply, slot.release)
+  }
+
+  async function admitTokens (request: FastifyRequest, reply: FastifyReply, client: string): Promise<void> {
+    const endpoint = request.routeOptions.config.oaiProxyEndpoint
+    if (endpoint?.usage === undefined) return
+    const body = request.body as Record<string, unknown>
+    const requested = estimatePromptTokens(body, endpoint.prompt?.text ?? []) + outputCap(body, endpoint.outputCapFields, opts.defaultOutputTokens)
+    const limit = opts.tokensPerMinute
+    if (requested > limit) {
+      throw proxyError('TOKENS_LIMITED', [`Request too large on tokens per min (TPM): Limit ${limit}, Requested ${requested}. Reduce the prompt or the output cap.`], { headers: retryHeaders(TPM_WINDOW_MS, false) })
+    }
+    const grant = await store.reserveTokens(client, requested, limit, TPM_WINDOW_MS)
+    reply.headers({
+      'x-ratelimit-limit-tokens': String(limit),
+      'x-ratelimit-remaining-tokens': String(Math.max(0, limit - grant.used)),
+      'x-ratelimit-reset-tokens': goDuration(grant.resetMs)
+    })
+    if (!grant.admitted) {
+      const wait = Math.ceil(grant.resetMs / 1000)
+      throw proxyError('TOKENS_LIMITED', [`Rate limit reached on tokens per min (TPM): Limit ${limit}, Used ${grant.used}, Requested ${requested}. Please try again in ${wait}s.`], { headers: retryHeaders(grant.resetMs) })
+    }
+    const usage: OaiProxyUsage = { hideUsageChunk: false, totalTokens: null }
+    const streamOptions = body.stream_options as Record<string, unknown> | undefined
+    if (body.stream === true && endpoint.usage === 'stream-option' && streamOptions?.include_usage !== true) {
+      // We need the final usage chunk to settle; the client did not ask for it, so it will not see it.
+      body.stream_options = { ...streamOptions, include_usage: true }
+      usage.hideUsageChunk = true
+    }
+    request.oaiProxyUsage = usage
+    onClose(reply, async () => {
+      if (usage.totalTokens !== null) await grant.settle(usage.totalTokens)
+    })
+  }
+
+  app.addHook('preHandler', async (request, reply) => {
+    const client = limitKey(request)
+    if (opts.maxConcurrent > 0) await admitConcurrency(request, reply, client)
+    if (opts.tokensPerMinute > 0) await admitTokens(request, reply, client)
+  })
+}
+
+export default fp(tokenBudget, { name: 'oai-proxy-token-budget', fastify: '5.x', dependencies: ['oai-proxy-limit-store'] })

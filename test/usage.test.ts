@@ -1,0 +1,73 @@
+import { Readable } from 'node:stream'
+import { text } from 'node:stream/consumers'
+import t from 'tap'
+import { goDuration, retryHeaders } from '../lib/durations.js'
+import { estimatePromptTokens, outputCap } from '../lib/tokens.js'
+import { UsageTap } from '../lib/usage-tap.js'
+
+async function tap (mode: 'sse' | 'json', chunks: string[], hideUsageChunk = false) {
+  const seen: number[] = []
+  const out = await text(Readable.from(chunks.map((c) => Buffer.from(c))).pipe(new UsageTap({ mode, hideUsageChunk, onUsage: (n) => seen.push(n) })))
+  return { out, seen }
+}
+
+const usageChunk = 'data: {"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}\n\n'
+const frame = 'data: {"choices":[{"delta":{"content":"hi \\"usage\\""}}]}\n\n'
+
+t.test('SSE: usage is read from the usage chunk, split anywhere, and the chunk hidden on request', async (t) => {
+  const whole = frame + usageChunk + 'data: [DONE]\n\n'
+  for (let cut = 0; cut <= whole.length; cut += 7) {
+    const hidden = await tap('sse', [whole.slice(0, cut), whole.slice(cut)], true)
+    t.equal(hidden.out, frame + 'data: [DONE]\n\n', `hidden, cut at ${cut}`)
+    t.strictSame(hidden.seen, [12])
+  }
+  const shown = await tap('sse', [whole])
+  t.equal(shown.out, whole, 'passed through byte for byte when the client asked for it')
+})
+
+t.test('SSE: Responses usage comes from response.completed; CRLF framing survives', async (t) => {
+  const done = 'event: response.completed\r\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":4,"total_tokens":7}}}\r\n\r\n'
+  const created = 'event: response.created\r\ndata: {"type":"response.created","response":{"usage":null}}\r\n\r\n'
+  const r = await tap('sse', [created, done], true)
+  t.equal(r.out, created + done, 'Responses frames are never dropped')
+  t.strictSame(r.seen, [7])
+})
+
+t.test('SSE: an unterminated tail and garbage frames pass through untouched', async (t) => {
+  const r = await tap('sse', ['data: {"usage": nope}\n\n', 'data: partial'])
+  t.equal(r.out, 'data: {"usage": nope}\n\ndata: partial')
+  t.strictSame(r.seen, [])
+})
+
+t.test('JSON: the last total_tokens in the body, ignoring escaped look-alikes', async (t) => {
+  const body = JSON.stringify({ choices: [{ message: { content: '"total_tokens": 999' } }], usage: { prompt_tokens: 1, total_tokens: 42 } })
+  const r = await tap('json', [body.slice(0, 20), body.slice(20)])
+  t.equal(r.out, body)
+  t.strictSame(r.seen, [42])
+  t.strictSame((await tap('json', ['{"object":"list"}'])).seen, [], 'no usage, no settlement')
+})
+
+t.test('token estimates are linear on hostile text and count special tokens as text', async (t) => {
+  const start = Date.now()
+  const long = estimatePromptTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'ab'.repeat(500_000) }] }, ['messages'])
+  t.ok(Date.now() - start < 2000, `1 MB without spaces counted in ${Date.now() - start} ms`)
+  t.ok(long > 100_000)
+  t.ok(estimatePromptTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi <|endoftext|> there' }] }, ['messages']) > 4)
+  const image = estimatePromptTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: `data:image/png;base64,${'A'.repeat(1_000_000)}` } }] }] }, ['messages'])
+  t.ok(image < 2000, `a 1 MB image is a flat cost, not its base64 length (${image})`)
+  t.equal(estimatePromptTokens({ model: 'gpt-3.5-turbo-instruct', prompt: [[1, 2, 3], [4, 5]] }, ['prompt']), 5, 'token-id prompts: one per id')
+  t.ok(estimatePromptTokens({ model: 'gpt-4', messages: [{ role: 'user', content: 'hello world' }] }, ['messages']) > 0, 'legacy models use cl100k')
+})
+
+t.test('output caps: the smallest cap given, times n; else the default', async (t) => {
+  t.equal(outputCap({ max_tokens: 100, max_completion_tokens: 50 }, ['max_completion_tokens', 'max_tokens'], 1000), 50)
+  t.equal(outputCap({ n: 3 }, ['max_tokens'], 1000), 3000)
+  t.equal(outputCap({}, [], 1000), 1000)
+})
+
+t.test('Go-style durations and retry headers', async (t) => {
+  t.strictSame([0, 12, 999, 1000, 1500, 60_000, 61_250, 3_600_000, 3_723_000].map(goDuration), ['0ms', '12ms', '999ms', '1s', '1.5s', '1m0s', '1m1.25s', '1h0m0s', '1h2m3s'])
+  t.strictSame(retryHeaders(1200), { 'retry-after': '2', 'retry-after-ms': '1200' })
+  t.strictSame(retryHeaders(120_000), { 'retry-after': '120', 'retry-after-ms': '120000', 'x-should-retry': 'false' })
+  t.strictSame(retryHeaders(500, false), { 'retry-after': '1', 'retry-after-ms': '500', 'x-should-retry': 'false' })
+})
