@@ -89,6 +89,11 @@ t.test('shared limits across replicas on a real redis-server', async (t) => {
     t.ok(Date.now() - start < 1000, `answered in ${Date.now() - start} ms`)
     t.equal(h.upstream.requests.length, 1, 'nothing went upstream without a limit check')
     redis.resume()
+    await redis.stop()
+    const killedAt = Date.now()
+    t.equal((await post(h)).statusCode, 503, 'killed: 503 as well')
+    t.ok(Date.now() - killedAt < 1000, `answered in ${Date.now() - killedAt} ms`)
+    await redis.start()
   })
 
   await t.test('start-up with an unreachable Redis follows the policy', async (t) => {
