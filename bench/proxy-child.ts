@@ -14,7 +14,9 @@ const proxyKey = process.env.BENCH_PROXY_KEY
 if (upstreamUrl === undefined || proxyKey === undefined) throw new Error('proxy-child: BENCH_UPSTREAM_URL and BENCH_PROXY_KEY are required')
 
 const app = Fastify({ logger: { level: 'warn' } })
-await app.register(oaiProxy, { upstreamUrl, openaiKeys: [`sk-bench-${randomBytes(24).toString('hex')}`], proxyKeys: [proxyKey] })
+// BENCH_PROXY_OPTIONS: extra suite options as JSON (feature-cost scenarios turn limits on this way).
+const extra = JSON.parse(process.env.BENCH_PROXY_OPTIONS ?? '{}') as Record<string, unknown>
+await app.register(oaiProxy, { upstreamUrl, openaiKeys: [`sk-bench-${randomBytes(24).toString('hex')}`], proxyKeys: [proxyKey], ...extra })
 // Default: Node's listen backlog (511), as server.ts runs. BENCH_PROXY_BACKLOG overrides it for experiments.
 const backlog = Number(process.env.BENCH_PROXY_BACKLOG)
 const url = await app.listen({ host: '127.0.0.1', port: 0, ...(Number.isInteger(backlog) && backlog > 0 ? { backlog } : {}) })

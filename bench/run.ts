@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { cpus, loadavg, platform } from 'node:os'
+import { limitsTable, runLimitsScenario } from './limits-scenario.js'
+import { filterTable, runFilterScenario } from './filter-scenario.js'
 import { startChild, type Child } from './children.js'
 import { newPool, newTally, runCount, runFor, sseBurst, type Burst, type Tally, type Target } from './load.js'
 import { showTcp, tcpCounters, tcpDelta } from './netstat.js'
@@ -114,14 +116,14 @@ async function main (): Promise<void> {
     if (warm.ok === 0) throw new Error(`warm-up: no request succeeded (${JSON.stringify(warm.errors)})`)
     const warmed = await p.call<ProxyStats>('stats')
 
-    log(`1/4 latency at concurrency 1: ${LATENCY.rounds} x ${LATENCY.perRound} requests per path`)
+    log(`1/6 latency at concurrency 1: ${LATENCY.rounds} x ${LATENCY.perRound} requests per path`)
     const lat = await alternate(p, targets, LATENCY.rounds, (t, tally) => runCount(t, smallBody, LATENCY.perRound, tally))
-    log(`2/4 throughput at concurrency ${RPS.concurrency}: ${RPS.rounds} x ${RPS.ms} ms per path`)
+    log(`2/6 throughput at concurrency ${RPS.concurrency}: ${RPS.rounds} x ${RPS.ms} ms per path`)
     const thr = await alternate(p, targets, RPS.rounds, (t, tally) => runFor(t, smallBody, RPS.concurrency, RPS.ms, tally))
-    log(`3/4 ${bigBody.length} byte bodies at concurrency ${BIG.concurrency}: ${BIG.rounds} x ${BIG.ms} ms per path`)
+    log(`3/6 ${bigBody.length} byte bodies at concurrency ${BIG.concurrency}: ${BIG.rounds} x ${BIG.ms} ms per path`)
     const big = await alternate(p, targets, BIG.rounds, (t, tally) => runFor(t, bigBody, BIG.concurrency, BIG.ms, tally))
 
-    log(`4/4 ${SSE.streams} concurrent SSE streams, direct then proxy`)
+    log(`4/6 ${SSE.streams} concurrent SSE streams, direct then proxy`)
     let tcp = tcpCounters()
     const sseDirect = { ...burstSummary(await sseBurst(directT.origin, directT.headers, streamBody, SSE.streams, SSE.timeoutMs)), tcp: tcpDelta(tcp, tcpCounters()) }
     await pause(500)
@@ -185,7 +187,14 @@ async function main (): Promise<void> {
       errors: { proxy: errorCount(errors.proxy), direct: errorCount(errors.direct) },
       proxyWarnLogs: p.logs.warnings
     }
-    process.stdout.write(`\nBENCH_JSON ${JSON.stringify(summary)}\n`)
+    // Feature costs, each against proxies of their own (same fake upstream).
+    log('5/6 rate limiting off vs on (memory, Redis)')
+    const limits = await runLimitsScenario(fake.url, log)
+    process.stdout.write('\n' + limitsTable(limits) + '\n')
+    log('6/6 prompt filter off vs on (50 rules, 256 KB prompts)')
+    const filter = await runFilterScenario(fake.url, log)
+    process.stdout.write('\n' + filterTable(filter) + '\n')
+    process.stdout.write(`\nBENCH_JSON ${JSON.stringify({ ...summary, limits, filter })}\n`)
     if (sseProxy.completed < sseProxy.started || errorCount(errors.proxy) > 0 || p.crashed() !== undefined) process.exitCode = 1
   } finally {
     await Promise.all([pools.proxy?.destroy(), pools.direct?.destroy()])
