@@ -17,7 +17,7 @@ const app = Fastify({ logger: { level: 'warn' } })
 // BENCH_PROXY_OPTIONS: extra suite options as JSON (feature-cost scenarios turn limits on this way).
 const extra = JSON.parse(process.env.BENCH_PROXY_OPTIONS ?? '{}') as Record<string, unknown>
 await app.register(oaiProxy, { upstreamUrl, openaiKeys: [`sk-bench-${randomBytes(24).toString('hex')}`], proxyKeys: [proxyKey], ...extra })
-// Default: Node's listen backlog (511), as server.ts runs. BENCH_PROXY_BACKLOG overrides it for experiments.
+// BENCH_PROXY_BACKLOG: the listen backlog (run.ts passes 4096, as server.ts uses).
 const backlog = Number(process.env.BENCH_PROXY_BACKLOG)
 const url = await app.listen({ host: '127.0.0.1', port: 0, ...(Number.isInteger(backlog) && backlog > 0 ? { backlog } : {}) })
 

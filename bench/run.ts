@@ -21,8 +21,8 @@ const envInt = (name: string, fallback: number): number => {
 // At 10 ms (100k frames/s) this 2-core machine saturates even without the proxy (the fake's accept queue
 // overflows and the streams of the burst no longer overlap), which measures the machine, not the proxy.
 const CHUNK_DELAY_MS = envInt('BENCH_CHUNK_DELAY_MS', 25)
-// The proxy's listen backlog: Node's default (511, as server.ts runs) unless BENCH_PROXY_BACKLOG is set.
-const PROXY_BACKLOG = envInt('BENCH_PROXY_BACKLOG', 511)
+// The proxy's listen backlog: 4096, as server.ts listens, unless BENCH_PROXY_BACKLOG is set.
+const PROXY_BACKLOG = envInt('BENCH_PROXY_BACKLOG', 4096)
 const LATENCY = { rounds: 6, perRound: 500 }
 const RPS = { concurrency: 64, rounds: 3, ms: 2000 }
 const BIG = { concurrency: 16, rounds: 3, ms: 2000, bytes: 256 * 1024 }

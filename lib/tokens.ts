@@ -1,6 +1,3 @@
-import { countTokens as countO200k } from 'gpt-tokenizer/encoding/o200k_base'
-import { countTokens as countCl100k } from 'gpt-tokenizer/encoding/cl100k_base'
-
 /*
  * Prompt token estimates for admission (tokens per minute). The real count arrives with the response's
  * `usage` and settles the reservation; this only has to be close, cheap and safe on hostile input:
@@ -17,11 +14,25 @@ const BINARY_KEYS = new Set(['image_url', 'url', 'file_data', 'data', 'input_aud
 /** Per-message framing OpenAI adds (role, separators). */
 const PER_MESSAGE = 4
 
+type Count = (text: string, options: typeof TEXT_AS_TEXT) => number
+let encodings: { o200k: Count, cl100k: Count } | undefined
+
+/**
+ * Load the BPE tables (about 75 MB of RSS and a quarter second), only when a token budget is on. Until
+ * then estimates fall back to one token per three characters, an overcount.
+ */
+export async function loadTokenizers (): Promise<void> {
+  if (encodings !== undefined) return
+  const [o200k, cl100k] = await Promise.all([import('gpt-tokenizer/encoding/o200k_base'), import('gpt-tokenizer/encoding/cl100k_base')])
+  encodings = { o200k: o200k.countTokens, cl100k: cl100k.countTokens }
+}
+
 /** Models before gpt-4o use cl100k_base; everything newer (gpt-4o, 4.1, o-series, 5) uses o200k_base. */
 function counterFor (model: unknown): (text: string) => number {
+  if (encodings === undefined) return (text) => Math.ceil(text.length / 3)
   const m = typeof model === 'string' ? model : ''
   const legacy = /^(gpt-4(?!o|\.\d)|gpt-3\.5|text-embedding|davinci|babbage)/.test(m.replace(/^ft:/, ''))
-  const count = legacy ? countCl100k : countO200k
+  const count = legacy ? encodings.cl100k : encodings.o200k
   return (text) => count(text.replace(MAX_RUN, '$& '), TEXT_AS_TEXT)
 }
 

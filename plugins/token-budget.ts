@@ -3,7 +3,7 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { goDuration, retryHeaders } from '../lib/durations.js'
 import { onResponseClose } from '../lib/response-close.js'
-import { estimatePromptTokens, outputCap } from '../lib/tokens.js'
+import { estimatePromptTokens, loadTokenizers, outputCap } from '../lib/tokens.js'
 import { limitKey } from './rate-limit.js'
 
 export interface TokenBudgetOptions {
@@ -42,6 +42,7 @@ const TPM_WINDOW_MS = 60_000
 const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) => {
   if (opts.tokensPerMinute <= 0 && opts.maxConcurrent <= 0) return
   const { store } = app.oaiProxyLimits
+  if (opts.tokensPerMinute > 0) await loadTokenizers()
   app.decorateRequest('oaiProxyUsage', null)
 
   const onClose = (reply: FastifyReply, fn: () => Promise<void>) => {

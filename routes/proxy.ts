@@ -1,10 +1,10 @@
-import { pipeline } from 'node:stream'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js'
 import { SecretRedactor } from '../lib/redact.js'
 import { sendRewritten } from '../lib/response-rewrite.js'
 import { UsageTap } from '../lib/usage-tap.js'
+import { chain } from '../lib/stream-chain.js'
 import { onResponseClose } from '../lib/response-close.js'
 import { judgeUpstreamError, readCapped } from '../lib/upstream-errors.js'
 import { typeboxValidator } from '../lib/validator.js'
@@ -96,12 +96,12 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
         if (typeof rewrite === 'function') return sendRewritten(reply, res, rewrite, keys.secrets)
         const out = new SecretRedactor(keys.secrets)
         const tap = usageTapFor(request, firstHeader(res.headers['content-type']))
-        // pipeline: an upstream that dies mid-stream destroys `out`, so the client's response is cut off
-        // (never ended cleanly); a client that leaves destroys `out`, which aborts the upstream body.
-        pipeline(tap === undefined ? [res.body, out] : [res.body, tap, out], (err) => {
-          if (err !== undefined && err !== null) request.log.warn({ code: (err as { code?: string }).code }, 'oai-proxy: upstream stream ended abnormally')
+        // An upstream that dies mid-stream cuts the client's response off (never ended cleanly); a client
+        // that leaves destroys the chain, which aborts the upstream body.
+        const body = chain(res.body, tap === undefined ? [out] : [tap, out], (err) => {
+          request.log.warn({ code: (err as { code?: string }).code }, 'oai-proxy: upstream stream ended abnormally')
         })
-        return reply.code(status).headers(clientResponseHeaders(res.headers)).send(out)
+        return reply.code(status).headers(clientResponseHeaders(res.headers)).send(body)
       }
       if (status < 400) {
         // OpenAI does not redirect; a 3xx means something between us and it is wrong. Never follow it.

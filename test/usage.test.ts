@@ -2,7 +2,7 @@ import { Readable } from 'node:stream'
 import { text } from 'node:stream/consumers'
 import t from 'tap'
 import { goDuration, retryHeaders } from '../lib/durations.js'
-import { estimatePromptTokens, outputCap } from '../lib/tokens.js'
+import { estimatePromptTokens, loadTokenizers, outputCap } from '../lib/tokens.js'
 import { UsageTap } from '../lib/usage-tap.js'
 
 async function tap (mode: 'sse' | 'json', chunks: string[], hideUsageChunk = false) {
@@ -47,7 +47,12 @@ t.test('JSON: the last total_tokens in the body, ignoring escaped look-alikes', 
   t.strictSame((await tap('json', ['{"object":"list"}'])).seen, [], 'no usage, no settlement')
 })
 
+t.test('before the tables load, estimates overcount by characters', async (t) => {
+  t.equal(estimatePromptTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'x'.repeat(299) }] }, ['messages']), 4 + Math.ceil('user\n'.length / 3 + 300 / 3))
+})
+
 t.test('token estimates are linear on hostile text and count special tokens as text', async (t) => {
+  await loadTokenizers()
   const start = Date.now()
   const long = estimatePromptTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'ab'.repeat(500_000) }] }, ['messages'])
   t.ok(Date.now() - start < 2000, `1 MB without spaces counted in ${Date.now() - start} ms`)

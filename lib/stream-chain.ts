@@ -1,0 +1,27 @@
+import type { Duplex, Readable } from 'node:stream'
+
+/**
+ * `source.pipe(a).pipe(b)…` with the error and close wiring `stream.pipeline` would add: any failure
+ * destroys the whole chain (the last stage with the error, so the HTTP response is cut off, never ended
+ * cleanly), and the last stage closing early (the client left) destroys the source (undici then aborts
+ * the upstream request). Lighter than `pipeline`, which allocates an AbortController and, at the end, a
+ * DOMException per call: measurable on the proxy's hot path.
+ */
+export function chain (source: Readable, stages: readonly [Duplex, ...Duplex[]], onError: (err: Error) => void): Duplex {
+  const all: Array<Readable | Duplex> = [source, ...stages]
+  let prev: Readable = source
+  for (const stage of stages) prev = prev.pipe(stage)
+  const last = stages[stages.length - 1] as Duplex
+  let failed = false
+  const fail = (err: Error) => {
+    if (failed) return
+    failed = true
+    onError(err)
+    for (const s of all) if (!s.destroyed) s.destroy(s === last ? err : undefined)
+  }
+  for (const s of all) s.on('error', fail)
+  last.once('close', () => {
+    for (const s of all) if (!s.destroyed) s.destroy()
+  })
+  return last
+}
