@@ -35,28 +35,21 @@ export class MemoryLimitStore implements LimitStore {
   readonly kind = 'memory' as const
   readonly #windows = new Map<string, { used: number, expiresAt: number }>()
   readonly #slots = new Map<string, Set<string>>()
-  readonly #sweeper: NodeJS.Timeout
+  readonly #now: () => number
+  #nextSweep = 0
 
-  constructor () {
-    // Expired windows are dropped once a minute; the timer never keeps the process alive.
-    this.#sweeper = setInterval(() => {
-      const now = Date.now()
-      for (const [k, w] of this.#windows) if (w.expiresAt <= now) this.#windows.delete(k)
-    }, 60_000).unref()
-  }
-
-  close (): void {
-    clearInterval(this.#sweeper)
+  constructor (now: () => number = Date.now) {
+    this.#now = now
   }
 
   async reserveTokens (client: string, tokens: number, limit: number, windowMs: number): Promise<TokenGrant> {
-    const now = Date.now()
+    const now = this.#now()
+    this.#sweep(now)
     const key = windowKey(client, windowMs, now)
-    const w = this.#windows.get(key) ?? { used: 0, expiresAt: now + 2 * windowMs }
+    const w = this.#window(key, now, windowMs)
     const resetMs = windowMs - (now % windowMs)
     if (w.used + tokens > limit) return { admitted: false, used: w.used, limit, resetMs, settle: noop }
     w.used += tokens
-    this.#windows.set(key, w)
     const settle = async (actual: number): Promise<void> => {
       const delta = actual - tokens
       const current = this.#windows.get(key)
@@ -66,12 +59,26 @@ export class MemoryLimitStore implements LimitStore {
     return { admitted: true, used: w.used, limit, resetMs, settle }
   }
 
+  /** Usage that outlived its window (a long stream) is charged to the current one. */
   #charge (client: string, tokens: number, windowMs: number): void {
-    const now = Date.now()
-    const key = windowKey(client, windowMs, now)
-    const w = this.#windows.get(key) ?? { used: 0, expiresAt: now + 2 * windowMs }
-    w.used += tokens
-    this.#windows.set(key, w)
+    const now = this.#now()
+    this.#window(windowKey(client, windowMs, now), now, windowMs).used += tokens
+  }
+
+  #window (key: string, now: number, windowMs: number): { used: number, expiresAt: number } {
+    let w = this.#windows.get(key)
+    if (w === undefined) {
+      w = { used: 0, expiresAt: now + 2 * windowMs }
+      this.#windows.set(key, w)
+    }
+    return w
+  }
+
+  /** Drop expired windows at most once a minute, on the way through (no timer to keep a process alive). */
+  #sweep (now: number): void {
+    if (now < this.#nextSweep) return
+    this.#nextSweep = now + 60_000
+    for (const [k, w] of this.#windows) if (w.expiresAt <= now) this.#windows.delete(k)
   }
 
   async acquireSlot (client: string, slot: string, max: number): Promise<SlotGrant> {
@@ -86,12 +93,6 @@ export class MemoryLimitStore implements LimitStore {
         if (held.size === 0 && this.#slots.get(client) === held) this.#slots.delete(client)
       }
     }
-  }
-
-  /** For tests and /health: slots currently held by a client. */
-  heldSlots (client: string): number {
-    if (client === 'key') return [...this.#slots.values()].reduce((n, s) => n + s.size, 0)
-    return this.#slots.get(client)?.size ?? 0
   }
 }
 

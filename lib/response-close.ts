@@ -20,11 +20,6 @@ export function watchClose (res: ServerResponse): void {
   })
 }
 
-/** Whether the response has closed (finished or the client went away). */
-export function isClosed (res: ServerResponse): boolean {
-  return watches.get(res)?.closed ?? res.destroyed
-}
-
 export function onResponseClose (res: ServerResponse, fn: () => void): void {
   const w = watches.get(res)
   if (w === undefined) res.once('close', fn)

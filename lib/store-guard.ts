@@ -78,7 +78,8 @@ export class GuardedLimitStore {
 }
 
 /* @fastify/rate-limit's own stores (fixed windows, Lua INCR+PEXPIRE in Redis), behind the same guard. */
-type Done = (err: Error | null, res?: { current: number, ttl: number }) => void
+// The stores call back `(null, result)` or `(error, null)`.
+type Done = (err: Error | null, res: { current: number, ttl: number }) => void
 interface CounterStore {
   incr: (key: string, cb: Done, timeWindow: number, max: number) => void
   read: (key: string, cb: Done, timeWindow: number, max: number) => void
@@ -91,7 +92,7 @@ const RedisStore = require('@fastify/rate-limit/store/RedisStore') as new (conti
 const promised = (store: CounterStore, op: 'incr' | 'read', key: string, tw: number, max: number) =>
   new Promise<{ current: number, ttl: number }>((resolve, reject) => {
     // Copy now: LocalStore hands out its live record, which later increments would change under us.
-    store[op](key, (err, res) => (err === null && res !== undefined ? resolve({ current: res.current, ttl: res.ttl }) : reject(err ?? new Error('no result'))), tw, max)
+    store[op](key, (err, res) => (err === null ? resolve({ current: res.current, ttl: res.ttl }) : reject(err)), tw, max)
   })
 
 /** A store class for @fastify/rate-limit's `store` option: Redis when healthy, else per the policy. */
@@ -111,7 +112,7 @@ export function guardedCounterStore (guard: StoreGuard, redis: Redis | undefined
     #op (op: 'incr' | 'read', key: string, cb: Done, tw: number, max: number): void {
       const remote = this.#remote
       guard.run(remote && (() => promised(remote, op, key, tw, max)), () => promised(this.#local, op, key, tw, max))
-        .then((res) => cb(null, res), (err: Error) => cb(err))
+        .then((res) => cb(null, res), (err: Error) => cb(err, null as never))
     }
 
     child (): CounterStore {

@@ -30,8 +30,7 @@ export async function loadTokenizers (): Promise<void> {
 /** Models before gpt-4o use cl100k_base; everything newer (gpt-4o, 4.1, o-series, 5) uses o200k_base. */
 function counterFor (model: unknown): (text: string) => number {
   if (encodings === undefined) return (text) => Math.ceil(text.length / 3)
-  const m = typeof model === 'string' ? model : ''
-  const legacy = /^(gpt-4(?!o|\.\d)|gpt-3\.5|text-embedding|davinci|babbage)/.test(m.replace(/^ft:/, ''))
+  const legacy = /^(gpt-4(?!o|\.\d)|gpt-3\.5|text-embedding|davinci|babbage)/.test(String(model).replace(/^ft:/, ''))
   const count = legacy ? encodings.cl100k : encodings.o200k
   return (text) => count(text.replace(MAX_RUN, '$& '), TEXT_AS_TEXT)
 }

@@ -52,9 +52,10 @@ export class UsageTap extends Transform {
     }
     this.#pending += this.#decoder.write(chunk)
     let out = ''
+    const frames = new RegExp(FRAME)
     let consumed = 0
-    for (const m of this.#pending.matchAll(FRAME)) {
-      consumed = (m.index ?? 0) + m[0].length
+    for (let m = frames.exec(this.#pending); m !== null; m = frames.exec(this.#pending)) {
+      consumed = frames.lastIndex
       out += this.#frame(m[0])
     }
     this.#pending = this.#pending.slice(consumed)

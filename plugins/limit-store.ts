@@ -52,7 +52,6 @@ const limitStore: FastifyPluginAsync<LimitStoreOptions> = async (app, opts) => {
   }
   const guard = new StoreGuard(redis, opts.onStoreError, opts.storeTimeoutMs, app.log)
   const memory = new MemoryLimitStore()
-  app.addHook('onClose', async () => { memory.close() })
   app.decorate('oaiProxyLimits', { guard, store: new GuardedLimitStore(guard, redis === undefined ? undefined : new RedisLimitStore(redis), memory) })
   await app.register(fastifyRateLimit, { global: false, store: guardedCounterStore(guard, redis), skipOnError: false })
 }

@@ -38,6 +38,13 @@ t.test('shared limits across replicas on a real redis-server', async (t) => {
     await sleep(50)
     const second = await post(b)
     t.equal(Number(second.headers['x-ratelimit-remaining-tokens']), 3000 - first.json().usage.total_tokens - reserved, 'replica b sees replica a\'s settled usage')
+    a.upstream.script(() => ({ kind: 'json', body: { object: 'chat.completion', choices: [], usage: { total_tokens: 2900 } } }))
+    t.equal((await post(a)).statusCode, 200)
+    await sleep(50)
+    const refused = await post(b)
+    t.equal(refused.statusCode, 429, 'replica b refuses: replica a\'s big answer spent the shared window')
+    t.match(refused.json(), { error: { type: 'tokens', code: 'rate_limit_exceeded' } })
+    t.equal(b.upstream.requests.length, 1, 'the refused request never went upstream')
   })
 
   await t.test('concurrency slots are shared', async (t) => {
@@ -93,6 +100,19 @@ t.test('shared limits across replicas on a real redis-server', async (t) => {
     const killedAt = Date.now()
     t.equal((await post(h)).statusCode, 503, 'killed: 503 as well')
     t.ok(Date.now() - killedAt < 1000, `answered in ${Date.now() - killedAt} ms`)
+    await redis.start()
+  })
+
+  await t.test('a failure that cannot be counted (Redis gone mid-request, policy closed) is logged, not thrown', async (t) => {
+    const h = await harness({ proxy: { redisUrl: redis.url, rateLimit: { failuresPerMinute: 50, onStoreError: 'closed' } } })
+    t.teardown(h.close)
+    h.upstream.script(() => ({ kind: 'delay', ms: 300, then: { kind: 'json', status: 404, body: { error: { message: 'The model does not exist', type: 'invalid_request_error', param: null, code: 'model_not_found' } } } }))
+    const pending = post(h)
+    await h.upstream.waitFor(() => true)
+    await redis.stop()
+    t.equal((await pending).statusCode, 404, 'the answer still reaches the client')
+    await sleep(50)
+    t.match(h.logs.join(''), /could not count a failed request/)
     await redis.start()
   })
 

@@ -52,6 +52,15 @@ proxyTest(t, 'a client that asked for stream usage still gets its usage chunk', 
   t.strictSame(h.upstream.requests[0]?.json, body, 'forwarded unchanged')
 })
 
+proxyTest(t, 'endpoints without token usage are not metered', { proxy: budget }, async (h, t) => {
+  const res = await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth })
+  t.equal(res.statusCode, 200)
+  t.notOk('x-ratelimit-limit-tokens' in res.headers)
+  const mod = await h.app.inject({ method: 'POST', url: '/v1/moderations', headers: h.auth, payload: { input: 'hello' } })
+  t.equal(mod.statusCode, 200)
+  t.notOk('x-ratelimit-limit-tokens' in mod.headers)
+})
+
 proxyTest(t, 'a request larger than the whole budget is refused for good, before upstream', { proxy: budget }, async (h, t) => {
   const res = await post(h, chatBody({ max_tokens: LIMIT }))
   t.equal(res.statusCode, 429)
