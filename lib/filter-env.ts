@@ -45,16 +45,19 @@ export function parseRejectPhrases (value: string): Rules {
       rules.lineOf.phrases.push(i + 1)
       return
     }
-    const flags = regex[2] ?? ''
+    // Both groups always take part in a match of REGEX_LINE.
+    const flags = regex[2] as string
     const inline = (flags.includes('s') ? 's' : '') + (flags.includes('m') ? 'm' : '')
-    rules.patterns.push((inline.length > 0 ? `(?${inline})` : '') + (regex[1] ?? ''))
+    rules.patterns.push((inline.length > 0 ? `(?${inline})` : '') + (regex[1] as string))
     rules.lineOf.patterns.push(i + 1)
   })
   try {
     compileRules(rules.phrases, rules.patterns)
   } catch (err) {
-    if (!(err instanceof RuleError) || err.option === 'scripts') throw err
-    throw new Error(`${where} line ${rules.lineOf[err.option][err.index] ?? '?'}: ${err.message}`)
+    // compileRules throws only a RuleError for one of the phrases or patterns it was given.
+    const e = err as RuleError
+    const lines = e.option === 'patterns' ? rules.lineOf.patterns : rules.lineOf.phrases
+    throw new Error(`${where} line ${lines[e.index] as number}: ${e.message}`)
   }
   return rules
 }

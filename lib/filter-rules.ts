@@ -35,8 +35,8 @@ export function phrasePattern (phrase: string): string {
     if (letters.length < 3) return RE2JS.quote(w)
     return `(?:${RE2JS.quote(w)}|${letters.map((c) => RE2JS.quote(c)).join(`${SEP}{1,3}`)})`
   }
-  const open = UNSPACED.test(first[0] ?? '') ? '' : `(?:^|${SEP})`
-  const close = UNSPACED.test(last.at(-1) ?? '') ? '' : `(?:${SEP}|$)`
+  const open = UNSPACED.test(first.charAt(0)) ? '' : `(?:^|${SEP})`
+  const close = UNSPACED.test(last.charAt(last.length - 1)) ? '' : `(?:${SEP}|$)`
   return open + words.map(word).join(`${SEP}*`) + close
 }
 

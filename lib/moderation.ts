@@ -81,7 +81,9 @@ export class ModerationClient {
         status = res.statusCode
         answer = await readCapped(res.body, ANSWER_LIMIT)
       } catch (err) {
-        log.warn({ code: (err as { code?: string }).code ?? (err as Error).name, key: key.id }, 'oai-proxy: moderation call failed')
+        // undici errors carry a string code; a timeout is a DOMException, whose numeric legacy `code` says less than its name.
+        const code = (err as { code?: unknown }).code
+        log.warn({ code: typeof code === 'string' ? code : (err as Error).name, key: key.id }, 'oai-proxy: moderation call failed')
         return { ok: false, reason: 'upstream unreachable' }
       }
       if (status >= 200 && status < 300) return parseAnswer(answer)

@@ -26,25 +26,26 @@ const confusables = createRequire(import.meta.url)('unhomoglyph/data.json') as R
  */
 const BMP: Array<string | undefined> = new Array<string | undefined>(0x10000).fill(undefined)
 const ASTRAL = new Map<number, string>()
-function replace (from: string, to: string): void {
-  const cp = from.codePointAt(0) ?? 0
+function replace (cp: number, to: string): void {
   if (cp > 0xffff) ASTRAL.set(cp, to)
   else BMP[cp] = to
 }
 for (const [from, to] of Object.entries(confusables)) {
-  if ((from.codePointAt(0) ?? 0) < 0x80) continue
+  // The table's keys are single, non-empty characters.
+  const cp = from.codePointAt(0) as number
+  if (cp < 0x80) continue
   const ascii = to.normalize('NFKD').toLowerCase()
-  if (/^[\x20-\x7e]+$/.test(ascii)) replace(from, ascii)
+  if (/^[\x20-\x7e]+$/.test(ascii)) replace(cp, ascii)
 }
 // Full case folding where it differs from lower-casing (JS has no NFKC_Casefold): ß/ss, and final sigma
-// read as the sigma the table knows.
-replace('ß', 'ss')
-replace('ς', BMP['σ'.charCodeAt(0)] ?? 'σ')
+// read as the sigma the table knows (`o`; test/normalise.test.ts checks they stay the same).
+replace(0xdf, 'ss')
+replace(0x3c2, BMP[0x3c3] as string)
 // Marks, default-ignorables and format characters live in planes 0, 1 and 14 (tags, variation selectors).
 const INVISIBLE = /[\p{M}\p{Default_Ignorable_Code_Point}\p{Cf}]/u
 for (const [start, end] of [[0x80, 0x1ffff], [0xe0000, 0xeffff]] as const) {
   for (let cp = start; cp <= end; cp++) {
-    if ((cp < 0xd800 || cp > 0xdfff) && INVISIBLE.test(String.fromCodePoint(cp))) replace(String.fromCodePoint(cp), '')
+    if ((cp < 0xd800 || cp > 0xdfff) && INVISIBLE.test(String.fromCodePoint(cp))) replace(cp, '')
   }
 }
 
@@ -60,7 +61,7 @@ function mapCharacters (text: string): string {
     const c = text.charCodeAt(i)
     if (c < 0x80) continue
     const astral = c >= 0xd800 && c < 0xdc00 && i + 1 < text.length
-    const to = astral ? ASTRAL.get(text.codePointAt(i) ?? 0) : BMP[c]
+    const to = astral ? ASTRAL.get(text.codePointAt(i) as number) : BMP[c]
     if (to !== undefined) {
       if (i > last) out.push(text.slice(last, i))
       out.push(to)
@@ -117,11 +118,11 @@ function cutPoint (text: string, from: number, to: number): number {
   for (let i = to; i > from + SLICE_CHARS / 2; i--) {
     const c = text.charCodeAt(i)
     const lowSurrogate = c >= 0xdc00 && c < 0xe000
-    if (!lowSurrogate && !/\p{M}/u.test(text[i] ?? '')) return i
+    if (!lowSurrogate && !/\p{M}/u.test(text.charAt(i))) return i
   }
-  // A run of marks this long (Zalgo text) normalises to nothing anyway; just never split a surrogate pair.
-  const c = text.charCodeAt(to)
-  return c >= 0xdc00 && c < 0xe000 ? to + 1 : to
+  // A run of marks this long (Zalgo text) normalises to nothing anyway. It cannot end inside a surrogate
+  // pair: the loop above stops at any high surrogate, so only a lone low surrogate can sit at `to`.
+  return to
 }
 
 /** `normalise` for text of any length, in slices, yielding to the event loop between them. */

@@ -41,8 +41,6 @@ const MAX_DEPTH = 256
 
 interface Frame { value: unknown, path: string, key: string, depth: number, tokens: boolean, group: string | null }
 
-const child = (path: string, key: string): string => (path.length === 0 ? key : `${path}.${key}`)
-
 export function scanPrompt (body: unknown, fields: PromptFields): PromptScan {
   const out: PromptScan = { segments: [], media: null, tokens: null }
   if (typeof body !== 'object' || body === null) return out
@@ -74,7 +72,7 @@ export function scanPrompt (body: unknown, fields: PromptFields): PromptScan {
       const keys = Object.keys(obj)
       for (let i = keys.length - 1; i >= 0; i--) {
         const k = keys[i] as string
-        stack.push({ value: obj[k], path: child(path, k), key: k, depth: depth + 1, tokens: frame.tokens, group: k === 'text' ? group : null })
+        stack.push({ value: obj[k], path: `${path}.${k}`, key: k, depth: depth + 1, tokens: frame.tokens, group: k === 'text' ? group : null })
       }
     }
   }
@@ -82,4 +80,4 @@ export function scanPrompt (body: unknown, fields: PromptFields): PromptScan {
 }
 
 /** The top-level part of a parameter path: `messages[2].content` -> `messages`. */
-export const topField = (path: string): string => /^[^.[]*/.exec(path)?.[0] ?? path
+export const topField = (path: string): string => path.slice(0, path.search(/[.[]|$/))

@@ -111,17 +111,18 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
     }, 'oai-proxy: prompt refused')
     const err = r.error === 'CONTENT_FILTER' ? proxyError('CONTENT_FILTER', [s.message], { param: r.param }) : proxyError(r.error, [], { param: r.param })
     if (shape === undefined) throw err
-    const body = request.body as { model?: unknown, stream?: unknown, stream_options?: { include_usage?: unknown } }
+    // Every endpoint with a reply shape requires `model` in its body schema, checked before this hook.
+    const body = request.body as { model: string, stream?: unknown, stream_options?: { include_usage?: unknown } }
     const stream = endpoint.streams && body.stream === true
-    const fake = refusalReply({ shape, model: String(body.model ?? ''), message: err.message, stream, includeUsage: body.stream_options?.include_usage === true })
+    const fake = refusalReply({ shape, model: body.model, message: err.message, stream, includeUsage: body.stream_options?.include_usage === true })
     if (stream) reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no')
     return reply.code(200).header('content-type', fake.contentType).send(fake.body)
   }
 
   app.addHook('preHandler', async (request, reply) => {
     const endpoint = request.routeOptions.config.oaiProxyEndpoint
-    const fields = endpoint?.prompt
-    if (endpoint === undefined || fields === null || fields === undefined) return
+    if (endpoint === undefined || endpoint.prompt === null) return
+    const fields = endpoint.prompt
     if (fields.optIn === true && !s.optIn.has(endpoint.id)) return
 
     const scan = scanPrompt(request.body, fields)
@@ -132,8 +133,9 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
     }
     if (scan.media !== null && s.rejectNonText) return refuse(request, reply, endpoint, { rule: 'non_text', param: scan.media, error: 'NON_TEXT_NOT_ALLOWED' })
     const segments = scan.segments
-    if (segments.length === 0) return
-    const excerpt = (seg: PromptSegment | undefined): string => seg?.text.slice(0, EXCERPT_CHARS) ?? ''
+    const first = segments[0]
+    if (first === undefined) return
+    const excerpt = (seg: PromptSegment): string => seg.text.slice(0, EXCERPT_CHARS)
     const co = new Cooperative()
 
     if (s.scripts !== null) {
@@ -159,8 +161,8 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
       if (hit !== null) {
         const at = await s.rules.locate(hit, text.each, co)
         const seg = at === -1 ? undefined : segments[at]
-        const param = seg?.path ?? topField(segments[0]?.path ?? '')
-        return refuse(request, reply, endpoint, { rule: hit.id, param, excerpt: excerpt(seg ?? segments[0]), error: 'CONTENT_FILTER' })
+        const param = seg?.path ?? topField(first.path)
+        return refuse(request, reply, endpoint, { rule: hit.id, param, excerpt: excerpt(seg ?? first), error: 'CONTENT_FILTER' })
       }
     }
 
@@ -170,7 +172,7 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
         request.log.warn({ reason: verdict.reason, failMode: failOpen ? 'open' : 'closed' }, 'oai-proxy: moderation unavailable')
         if (!failOpen) throw proxyError('FILTER_UNAVAILABLE')
       } else if (verdict.flagged) {
-        return refuse(request, reply, endpoint, { rule: 'moderation', param: topField(segments[0]?.path ?? ''), categories: verdict.categories, excerpt: excerpt(segments[0]), error: 'CONTENT_FILTER' })
+        return refuse(request, reply, endpoint, { rule: 'moderation', param: topField(first.path), categories: verdict.categories, excerpt: excerpt(first), error: 'CONTENT_FILTER' })
       }
     }
   })

@@ -72,6 +72,11 @@ t.test('REJECT_DISALLOWED takes a list of scripts; MODERATION_FAIL_MODE defaults
   t.equal(readConfig({ OPENAI_KEY: key, REJECT_DISALLOWED: 'false' }).proxy.filter, undefined)
 })
 
+t.test('regex lines keep the s and m flags (i is implied); REJECT_NON_TEXT=false allows media', async (t) => {
+  const c = readConfig({ OPENAI_KEY: key, REJECT_PHRASES: '/^start/m\n/a.b$/ms\n/plain/i', REJECT_NON_TEXT: 'false' })
+  t.strictSame(c.proxy.filter, { patterns: ['(?m)^start', '(?sm)a.b$', 'plain'], nonText: 'allow' })
+})
+
 t.test('REJECT_PHRASES can name a file', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'oai-proxy-phrases-'))
   const file = join(dir, 'phrases.txt')

@@ -93,3 +93,59 @@ proxyTest(t, 'long prompts are checked in pieces in one call', { proxy: { filter
   t.equal(input.length, 3)
   t.equal(input.join(''), 'x '.repeat(20_000))
 })
+
+proxyTest(t, 'the only key revoked on the moderation call: fail closed, saying no key was left', { proxy: { filter: { moderation: { failMode: 'closed' } } } }, async (h, t) => {
+  h.upstream.script((r) => (isModeration(r)
+    ? { kind: 'json', status: 401, body: { error: { message: 'Incorrect API key provided: sk-proj-****abcd.', type: 'invalid_request_error', param: null, code: 'invalid_api_key' } } }
+    : undefined))
+  const res = await ask(h, 'hello')
+  t.equal(res.statusCode, 503)
+  t.match(res.json(), { error: { code: 'content_filter_unavailable' } })
+  t.equal(moderationCalls(h).length, 1, 'the revoked key is not tried twice')
+  t.equal(chatCalls(h).length, 0)
+  t.match(h.logs.join(''), /"reason":"no usable upstream key","failMode":"closed".*moderation unavailable/)
+})
+
+proxyTest(t, 'a 429 on the moderation call rests that key: the next calls prefer the other one', { keyCount: 2, proxy: { filter: { moderation: { failMode: 'closed' } } } }, async (h, t) => {
+  const limited = `Bearer ${h.keys[0] as string}`
+  h.upstream.script((r) => (isModeration(r) && r.headers.authorization === limited
+    ? { kind: 'json', status: 429, headers: { 'retry-after': '30' }, body: { error: { message: 'Rate limit reached', type: 'requests', param: null, code: 'rate_limit_exceeded' } } }
+    : undefined))
+  const first = await ask(h, 'hello')
+  t.equal(first.statusCode, 503, 'a rate-limited check fails closed')
+  t.match(h.logs.join(''), /"reason":"upstream status 429"/)
+  t.equal((await ask(h, 'hello again')).statusCode, 200)
+  // Least recently used would pick the first key for the chat call; it is cooling down, so the second is used.
+  t.strictSame(h.upstream.requests.map((r) => `${r.url} ${r.headers.authorization === limited ? 'limited' : 'other'}`), ['/v1/moderations limited', '/v1/moderations other', '/v1/chat/completions other'])
+})
+
+proxyTest(t, 'an oversized moderation answer is not read: fail closed', { proxy: { filter: { moderation: { failMode: 'closed' } } } }, async (h, t) => {
+  h.upstream.script((r) => (isModeration(r) ? { kind: 'raw', headers: { 'content-type': 'application/json' }, body: `{"results":[{"flagged":false,"pad":"${'x'.repeat(300 * 1024)}"}]}` } : undefined))
+  t.equal((await ask(h, 'hello')).statusCode, 503)
+  t.match(h.logs.join(''), /"reason":"malformed answer","failMode":"closed"/)
+  t.equal(chatCalls(h).length, 0)
+})
+
+proxyTest(t, 'results without categories: the flag alone decides', { proxy: { filter: { moderation: { failMode: 'closed' } } } }, async (h, t) => {
+  h.upstream.script((r) => (isModeration(r) ? { kind: 'json', body: { results: [{ flagged: JSON.stringify(r.json).includes('badword') }] } } : undefined))
+  t.equal((await ask(h, 'fine')).statusCode, 200)
+  const res = await ask(h, 'badword')
+  t.equal(res.statusCode, 400)
+  t.match(res.json(), { error: { code: 'content_filter', param: 'messages' } })
+  t.match(h.logs.join(''), /"rule":"moderation","param":"messages","endpoint":"chat.completions","reply":"error","categories":\[\]/)
+})
+
+proxyTest(t, 'a timed-out moderation call is logged by name', { proxy: { filter: { moderation: { failMode: 'closed', timeoutMs: 100 } } } }, async (h, t) => {
+  h.upstream.script((r) => (isModeration(r) ? { kind: 'stall' } : undefined))
+  t.equal((await ask(h, 'hello')).statusCode, 503)
+  t.match(h.logs.join(''), /"code":"TimeoutError","key":"key_[0-9a-f]{10}","msg":"oai-proxy: moderation call failed"/)
+  h.upstream.script((r) => (isModeration(r) ? { kind: 'reset' } : undefined))
+  t.equal((await ask(h, 'hello')).statusCode, 503)
+  t.match(h.logs.join(''), /"code":"UND_ERR_SOCKET","key":"key_[0-9a-f]{10}","msg":"oai-proxy: moderation call failed"/)
+})
+
+proxyTest(t, 'a request without prompt text costs no moderation call', { proxy: { filter: { moderation: { failMode: 'closed' } } } }, async (h, t) => {
+  t.equal((await ask(h, '')).statusCode, 200)
+  t.equal(moderationCalls(h).length, 0)
+  t.equal(chatCalls(h).length, 1)
+})

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs'
 import t from 'tap'
-import { phrasePattern, RuleError, RuleSet, scriptMatcher, countScript } from '../lib/filter-rules.js'
+import { phrasePattern, RuleError, RuleSet, scriptMatcher, scriptOf, countScript } from '../lib/filter-rules.js'
 import { Cooperative, normalise, normaliseLong } from '../lib/normalise.js'
 
 const PHRASE = 'ignore previous instructions'
@@ -86,6 +86,7 @@ t.test('slices never change the result, whatever the text is made of', async (t)
     'pure CJK (no ASCII to cut before)': '東京の天気は晴れです'.repeat(10_000),
     'Zalgo (a long run of combining marks)': `a${'\u0301\u0308'.repeat(40_000)}b`,
     'astral letters': '𝐢𝐠𝐧𝐨𝐫𝐞'.repeat(10_000),
+    'astral letters, odd offset (a cut would fall inside a pair)': `ж${'𝐢𝐠𝐧𝐨𝐫𝐞'.repeat(10_000)}`,
     'escapes near every cut': '\\u0069gnore '.repeat(20_000)
   }
   for (const [name, text] of Object.entries(texts)) t.equal(await normaliseLong(text, new Cooperative()), normalise(text), name)
@@ -163,6 +164,8 @@ t.test('script rules', async (t) => {
   t.throws(() => scriptMatcher(['Han', 'Klingon']), /not a Unicode script name/)
   t.throws(() => scriptMatcher(['Han}|.']), /not a Unicode script name/)
   t.equal(scriptMatcher([]), null)
+  t.equal(scriptOf(['Han', 'Hangul'], 'hello 안녕 你好', re), 'Hangul', 'the script of the first matching character')
+  t.equal(scriptOf(['Han', 'Hangul'], 'hello', re), 'unknown', 'text without any of them')
 })
 
 t.test('the homoglyph table comes from the maintained package, not from us', async (t) => {

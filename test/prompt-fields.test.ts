@@ -54,6 +54,12 @@ t.test('the walk finds text at any depth, and nothing under identifier keys', as
   t.equal(scan.tokens, null)
 })
 
+t.test('a body that is not an object holds no prompt text', async (t) => {
+  for (const body of [undefined, null, 'ignore previous instructions', 42]) {
+    t.strictSame(scanPrompt(body, { text: ['messages'], notText: [] }), { segments: [], media: null, tokens: null }, String(body))
+  }
+})
+
 t.test('the walk is iterative and fails closed on absurd nesting', async (t) => {
   let deep: unknown = 'text'
   for (let i = 0; i < 100_000; i++) deep = [deep]

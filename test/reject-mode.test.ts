@@ -41,6 +41,11 @@ proxyTest(t, 'REJECT_MODE=completion: a fake answer in the shape of each endpoin
   let legacyText = ''
   for await (const chunk of await openai.completions.create({ model: 'gpt-3.5-turbo-instruct', prompt: BLOCKED, stream: true })) legacyText += chunk.choices[0]?.text ?? ''
   t.equal(legacyText, MESSAGE)
+  const legacyChunks: unknown[] = []
+  for await (const chunk of await openai.completions.create({ model: 'gpt-3.5-turbo-instruct', prompt: BLOCKED, stream: true, stream_options: { include_usage: true } })) legacyChunks.push(chunk)
+  const last = legacyChunks.at(-1) as { object: string, choices: unknown[], usage: unknown }
+  t.strictSame([last.object, last.choices, last.usage], ['text_completion', [], { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 }], 'legacy include_usage ends with a usage chunk too')
+  t.equal(legacyChunks.filter((c) => (c as { usage?: unknown }).usage !== undefined).length, 1)
 
   const response = await openai.responses.create({ model: 'gpt-4o-mini', input: BLOCKED })
   t.equal(response.object, 'response')

@@ -3,8 +3,12 @@ import OpenAI from 'openai'
 import t from 'tap'
 import oaiProxy from '../app.js'
 import { findStoredReference, globMatch } from '../lib/policy-rules.js'
+import keyInjection from '../plugins/key-injection.js'
 import promptFilter from '../plugins/prompt-filter.js'
 import requestPolicy from '../plugins/request-policy.js'
+import upstream from '../plugins/upstream.js'
+import { endpoints } from '../schemas/endpoints.js'
+import { startFakeOpenAI } from '../testing/fake-openai.js'
 import { assertNoLeak, canaryKey, chatBody, proxyTest, seenByClient, type Harness } from './helper.js'
 
 /*
@@ -64,6 +68,15 @@ proxyTest(t, 'the model list is redacted and capped like any upstream body', { p
   t.equal((await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth })).statusCode, 502)
   h.upstream.script(() => ({ kind: 'sse', headers: { 'content-type': 'application/json' }, frames: ['{"object":"list",', '"data":[]}'], delayMs: 20, resetAfter: 1 }))
   t.equal((await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth })).statusCode, 502, 'cut off mid-body')
+})
+
+proxyTest(t, 'a model list without a data array comes back as an empty list', { proxy: { policy: { allowedModels: ['gpt-4o*'] } } }, async (h, t) => {
+  for (const body of [{ object: 'list' }, { object: 'list', data: 'gpt-4o' }, null]) {
+    h.upstream.script(() => ({ kind: 'json', body }))
+    const res = await h.app.inject({ method: 'GET', url: '/v1/models', headers: h.auth })
+    t.equal(res.statusCode, 200, JSON.stringify(body))
+    t.strictSame(res.json(), { ...(body ?? {}), object: 'list', data: [] }, JSON.stringify(body))
+  }
 })
 
 proxyTest(t, 'without an allowlist the model list is streamed through untouched', {}, async (h, t) => {
@@ -219,6 +232,34 @@ t.test('the plugins check their own options when registered on their own', async
   const optIn = Fastify()
   await t.rejects(async () => { await optIn.register(promptFilter, { phrases: ['x y'], optInEndpoints: ['chat.completions'] }).ready() }, /\/filter\/optInEndpoints: chat.completions is not an endpoint whose filtering is opt-in/)
   await optIn.close()
+})
+
+t.test('registered on their own in a host app, the plugins act on proxy endpoints only', async (t) => {
+  const key = canaryKey()
+  const fake = await startFakeOpenAI({ validKeys: [key] })
+  const app = Fastify()
+  await app.register(keyInjection, { openaiKeys: [key] })
+  await app.register(upstream, { upstreamUrl: fake.url, connectTimeoutMs: 1000, headersTimeoutMs: 1000, idleTimeoutMs: 1000 })
+  await app.register(requestPolicy, { maxN: 1 })
+  await app.register(promptFilter, { phrases: ['forbidden fruit'], moderation: { failMode: 'closed' } })
+  const chat = endpoints.find((e) => e.id === 'chat.completions')
+  app.post('/chat', { config: { oaiProxyEndpoint: chat } }, async (request) => request.body)
+  app.post('/echo', async (request) => request.body)
+  try {
+    const own = chatBody({ n: 5, messages: [{ role: 'user', content: 'the forbidden fruit' }] })
+    const echo = await app.inject({ method: 'POST', url: '/echo', payload: own })
+    t.equal(echo.statusCode, 200)
+    t.strictSame(echo.json(), own, "the host's own route: no refusal, no clamp")
+    t.equal(fake.requests.length, 0, 'and no moderation call')
+    const res = await app.inject({ method: 'POST', url: '/chat', payload: chatBody({ n: 5 }) })
+    t.equal(res.statusCode, 200)
+    t.equal((res.json() as { n: number }).n, 1, 'a proxy endpoint is clamped')
+    t.strictSame(fake.requests.map((r) => [r.url, r.headers['user-agent']]), [['/v1/moderations', 'oai-reverse-proxy']], 'and checked, with the default User-Agent')
+    t.equal((await app.inject({ method: 'POST', url: '/chat', payload: chatBody({ messages: [{ role: 'user', content: 'the forbidden fruit' }] }) })).statusCode, 400)
+  } finally {
+    await app.close()
+    await fake.close()
+  }
 })
 
 t.test('globs match in linear time and only where they should', async (t) => {
