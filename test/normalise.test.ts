@@ -134,7 +134,8 @@ t.test('threat F09: patterns that backtrack catastrophically elsewhere run in li
     const started = performance.now()
     set.first(input)
     const ms = performance.now() - started
-    t.ok(ms < 50, `${pattern} on 100 KB: ${ms.toFixed(1)} ms`)
+    // Linear vs catastrophic (seconds or more), with room for a loaded CI machine; the bench has real figures.
+    t.ok(ms < 500, `${pattern} on 100 KB: ${ms.toFixed(1)} ms`)
   }
 })
 
@@ -151,7 +152,7 @@ t.test('threat F11: a 1 MiB prompt against 50 rules', async (t) => {
     t.equal(set.first(n), null)
     times.push(performance.now() - started)
   }
-  t.ok(Math.min(...times) < 200, `normalise + match, best of 5: ${Math.min(...times).toFixed(1)} ms`)
+  t.ok(Math.min(...times) < 1000, `normalise + match, best of 5: ${Math.min(...times).toFixed(1)} ms`)
   t.equal(set.first(normalise(text + ' jail-break7')), null, 'a hyphen is not whitespace')
   t.match(set.first(normalise(text + ' jailbreak7')), { id: 'pattern:8' })
 })
