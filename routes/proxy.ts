@@ -160,7 +160,7 @@ export function allowedMethods (endpoints: readonly EndpointDefinition[], unpref
     pattern: new RegExp('^' + (unprefixed ? '(?:/v1)?' : '/v1') + e.path.replace(/:[a-z_]+/g, '[^/]+') + '$')
   }))
   return (url) => {
-    const path = url.split(/[?#]/)[0] ?? ''
+    const path = url.replace(/[?#].*$/s, '')
     return [...new Set(table.filter((t) => t.pattern.test(path)).map((t) => t.method))]
   }
 }
