@@ -86,8 +86,9 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
 
       const status = res.statusCode
       if (status >= 200 && status < 300) {
-        const encoding = firstHeader(res.headers['content-encoding'])
-        if (encoding !== undefined && encoding.toLowerCase() !== 'identity') {
+        // Every line counts: `identity` on the first must not hide `gzip` on the second.
+        const encodings = [res.headers['content-encoding'] ?? []].flat()
+        if (encodings.some((e) => e.toLowerCase() !== 'identity')) {
           res.body.destroy()
           throw proxyError('UPSTREAM_BAD_RESPONSE')
         }

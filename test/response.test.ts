@@ -107,3 +107,10 @@ t.test('upstream redirects are never followed', async (t) => {
   }
   t.equal(otherHits, 0, 'the redirect target received nothing')
 })
+
+proxyTest(t, 'a compressed body is refused even when the encoding comes as two header lines', {}, async (h, t) => {
+  h.upstream.script(() => ({ kind: 'raw', headers: { 'content-type': 'application/json', 'content-encoding': ['identity', 'gzip'] }, body: Buffer.from([0x1f, 0x8b, 0, 0]) }))
+  const res = await post(h)
+  t.equal(res.statusCode, 502)
+  t.equal(res.json().error.code, 'upstream_bad_response')
+})
