@@ -20,6 +20,7 @@ import { OaiProxyOptionsSchema, type OaiProxyOptions } from './schemas/config.js
 import { endpoints as allEndpoints } from './schemas/endpoints.js'
 import { normaliseUpstreamUrl } from './lib/upstream-url.js'
 import { watchClose } from './lib/response-close.js'
+import { firstError } from './lib/validator.js'
 
 export const VERSION = '0.1.0'
 
@@ -29,8 +30,8 @@ const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'
 /** Options with every default filled in; throws (naming the option, never a value) when they are invalid. */
 export function resolveOptions (opts: OaiProxyOptions) {
   if (!checkOptions.Check(opts)) {
-    const first = checkOptions.Errors(opts).First()
-    throw new Error(`oai-proxy: invalid option ${first?.path ?? ''}: ${first?.message ?? 'invalid'}`)
+    const first = firstError(checkOptions, opts)
+    throw new Error(`oai-proxy: invalid option ${first.path}: ${first.message}`)
   }
   let upstreamUrl: string
   try {

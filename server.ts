@@ -95,8 +95,6 @@ async function main (): Promise<void> {
 
 // Run when executed directly, including through npm's bin symlink (hence realpath).
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
-  main().catch((err: unknown) => {
-    process.stderr.write(`oai-reverse-proxy: ${(err as Error).message}\n`)
-    process.exit(1)
-  })
+  // main() never rejects: a start-up failure is reported and exits inside it.
+  await main()
 }

@@ -20,9 +20,11 @@ export function oaiProxyClientErrorHandler (error: Error & { code?: string }, so
     socket.destroy()
     return
   }
-  const status = error.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400
-  const body = JSON.stringify(envelope(status === 431 ? 'The request headers are too large.' : 'The request is malformed.', 'invalid_request_error', status === 431 ? 'headers_too_large' : 'bad_request'))
-  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+  const [status, message, code] = error.code === 'HPE_HEADER_OVERFLOW'
+    ? [431, 'The request headers are too large.', 'headers_too_large'] as const
+    : [400, 'The request is malformed.', 'bad_request'] as const
+  const body = JSON.stringify(envelope(message, 'invalid_request_error', code))
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
 }
 
 /**

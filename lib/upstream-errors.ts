@@ -61,7 +61,7 @@ export function judgeUpstreamError (status: number, text: string | null, retryAf
   const scrub = (s: string | null): string | null => (s === null ? null : redactText(s, secrets))
   const body = e === null
     ? envelope(`The upstream API returned an error (HTTP ${status}).`, status >= 500 ? 'server_error' : 'upstream_error', null)
-    : envelope(scrub(e.message) ?? '', scrub(e.type) ?? 'upstream_error', scrub(e.code), scrub(e.param))
+    : envelope(redactText(e.message, secrets), scrub(e.type) ?? 'upstream_error', scrub(e.code), scrub(e.param))
 
   if (status === 401 && (e?.code === 'invalid_api_key' || e?.code === 'account_deactivated')) {
     return { disable: 'invalid_api_key', status, body }

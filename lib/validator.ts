@@ -1,6 +1,12 @@
-import { TypeCompiler } from '@sinclair/typebox/compiler'
+import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler'
+import type { ValueError } from '@sinclair/typebox/errors'
 import type { TSchema } from '@sinclair/typebox'
 import type { FastifySchemaCompiler } from 'fastify'
+
+/** The first error of a value `check` refused. TypeBox's Errors() yields at least one whenever Check() fails. */
+export function firstError (check: TypeCheck<TSchema>, value: unknown): ValueError {
+  return check.Errors(value).First() as ValueError
+}
 
 /**
  * TypeBox's compiled checker as Fastify's validator inside the proxy scope. Unlike Fastify's default Ajv
@@ -12,14 +18,14 @@ export const typeboxValidator: FastifySchemaCompiler<TSchema> = ({ schema }) => 
   const check = TypeCompiler.Compile(schema)
   return (value: unknown) => {
     if (check.Check(value)) return { value }
-    const first = check.Errors(value).First()
+    const first = firstError(check, value)
     return {
       error: [{
         keyword: 'typebox',
-        instancePath: first?.path ?? '',
+        instancePath: first.path,
         schemaPath: '',
         params: {},
-        message: first?.message ?? 'Invalid value'
+        message: first.message
       }]
     }
   }

@@ -53,11 +53,12 @@ export function parseTrustProxy (value: string | undefined): false | number | st
   if (v === 'true') throw new ConfigError('TRUST_PROXY: "true" would let any client choose its IP; give a hop count or the proxy addresses (IP or CIDR)')
   const entries = list(v)
   for (const e of entries) {
-    const [addr, bits, extra] = e.split('/')
-    const family = isIP(addr ?? '')
+    // split() always yields a first element.
+    const [addr, bits, extra] = e.split('/') as [string, string?, string?]
+    const family = isIP(addr)
     const maxBits = family === 4 ? 32 : 128
     const badBits = bits !== undefined && (!/^\d+$/.test(bits) || Number(bits) > maxBits)
-    if (family === 0 || badBits || extra !== undefined || (addr ?? '').toLowerCase().startsWith('::ffff:')) {
+    if (family === 0 || badBits || extra !== undefined || addr.toLowerCase().startsWith('::ffff:')) {
       throw new ConfigError(`TRUST_PROXY: "${e}" is not an IPv4/IPv6 address or CIDR (write IPv4 ranges in IPv4 form)`)
     }
   }

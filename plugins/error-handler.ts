@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
 import { envelope, openaiShapeByCode, proxyError, type ProxyErrorExtras } from '../errors.js'
 
 export interface ErrorHandlerOptions {
@@ -25,12 +25,14 @@ export function paramName (instancePath: string): string | null {
 }
 
 function normalise (err: FastifyError & ProxyErrorExtras): FastifyError & ProxyErrorExtras {
-  if (err.code?.startsWith('OAI_PROXY_')) return err
+  if (err.code !== undefined && openaiShapeByCode.has(err.code)) return err
   if (err.validation !== undefined) {
-    const first = err.validation[0]
-    const param = first === undefined ? null : paramName(first.instancePath)
+    // Our validator (lib/validator.ts) reports exactly one error, with a message; Fastify names the part
+    // of the request it checked.
+    const first = err.validation[0] as FastifySchemaValidationError & { message: string }
+    const param = paramName(first.instancePath)
     const where = err.validationContext === 'params' ? 'INVALID_PARAM' : 'INVALID_BODY'
-    const detail = `${param ?? err.validationContext ?? 'body'}: ${first?.message ?? 'invalid'}`
+    const detail = `${param ?? err.validationContext}: ${first.message}`
     return proxyError(where, [detail], { param }) as FastifyError
   }
   const mapped = err.code === undefined ? undefined : FASTIFY_CODES[err.code]
@@ -45,14 +47,15 @@ function normalise (err: FastifyError & ProxyErrorExtras): FastifyError & ProxyE
  */
 const errorHandler: FastifyPluginAsync<ErrorHandlerOptions> = async (app, opts) => {
   app.setErrorHandler(async (error: FastifyError & ProxyErrorExtras, request: FastifyRequest, reply: FastifyReply) => {
+    // normalise() returns catalogue errors only: each has a status and an OpenAI shape.
     const err = normalise(error)
-    const status = err.statusCode ?? 500
+    const status = err.statusCode as number
     if (status >= 500) {
       request.log.error({ err: error }, 'oai-proxy: request failed')
     } else {
       request.log.info({ code: err.code, status }, 'oai-proxy: request refused')
     }
-    const shape = openaiShapeByCode.get(err.code) ?? { type: 'server_error', code: null }
+    const shape = openaiShapeByCode.get(err.code) as { type: string, code: string | null }
     if (err.headers !== undefined) reply.headers(err.headers)
     // Refused before reading the body (auth, limits): close the connection rather than drain what may be
     // megabytes the client is still sending.
@@ -68,7 +71,7 @@ const errorHandler: FastifyPluginAsync<ErrorHandlerOptions> = async (app, opts) 
   app.addContentTypeParser('*', (_request, _payload, done) => { done(null, undefined) })
 
   app.setNotFoundHandler(async (request, reply) => {
-    const path = request.url.split(/[?#]/)[0]?.slice(0, 200) ?? ''
+    const path = request.url.replace(/[?#].*$/s, '').slice(0, 200)
     const allowed = opts.allowedMethods(prefix !== '' && request.url.startsWith(prefix + '/') ? request.url.slice(prefix.length) : request.url)
     const err = allowed.length > 0
       ? proxyError('METHOD_NOT_ALLOWED', [request.method, path], { headers: { allow: allowed.join(', ') } })

@@ -86,8 +86,9 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
 
       const status = res.statusCode
       if (status >= 200 && status < 300) {
-        const encoding = firstHeader(res.headers['content-encoding'])
-        if (encoding !== undefined && encoding.toLowerCase() !== 'identity') {
+        // Every line counts: `identity` on the first must not hide `gzip` on the second.
+        const encodings = [res.headers['content-encoding'] ?? []].flat()
+        if (encodings.some((e) => e.toLowerCase() !== 'identity')) {
           res.body.destroy()
           throw proxyError('UPSTREAM_BAD_RESPONSE')
         }
@@ -160,7 +161,7 @@ export function allowedMethods (endpoints: readonly EndpointDefinition[], unpref
     pattern: new RegExp('^' + (unprefixed ? '(?:/v1)?' : '/v1') + e.path.replace(/:[a-z_]+/g, '[^/]+') + '$')
   }))
   return (url) => {
-    const path = url.split(/[?#]/)[0] ?? ''
+    const path = url.replace(/[?#].*$/s, '')
     return [...new Set(table.filter((t) => t.pattern.test(path)).map((t) => t.method))]
   }
 }

@@ -70,7 +70,10 @@ export const endpoints: readonly EndpointDefinition[] = [
 
 export type EndpointId = string
 
-/** The upstream path for a matched route: constant, with each parameter encoded as one segment. */
+/**
+ * The upstream path for a matched route: constant, with each parameter encoded as one segment. The router
+ * matched this row's path, so every parameter it names is in `params`.
+ */
 export function upstreamPath (endpoint: EndpointDefinition, params: Record<string, string>): string {
-  return '/v1' + endpoint.path.replace(/:([a-z_]+)/g, (_, name: string) => encodeURIComponent(params[name] ?? ''))
+  return '/v1' + endpoint.path.replace(/:([a-z_]+)/g, (_, name: string) => encodeURIComponent(params[name] as string))
 }

@@ -1,5 +1,6 @@
+import { connect } from 'node:net'
 import t from 'tap'
-import { chatBody, proxyTest, rawRequest, type Harness } from './helper.js'
+import { chatBody, proxyTest, rawRequest, sleep, type Harness } from './helper.js'
 
 const send = (h: Harness, payload: string | Buffer, headers: Record<string, string> = { 'content-type': 'application/json' }, url = '/v1/chat/completions') =>
   h.app.inject({ method: 'POST', url, headers: { ...h.auth, ...headers }, payload })
@@ -127,4 +128,20 @@ proxyTest(t, 'duplicate keys: upstream receives the value that was validated', {
   t.equal(res.statusCode, 200)
   t.strictSame(h.upstream.requests[0]?.json, { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'second' }] })
   t.notMatch(h.upstream.requests[0]?.body.toString() ?? '', /clean/, 'the shadowed value never reaches upstream')
+})
+
+proxyTest(t, 'a client that leaves mid-body is logged as a refused bad request, never a 500, and nothing goes upstream', { listen: true }, async (h, t) => {
+  const port = Number(new URL(h.url).port)
+  const socket = connect(port, '127.0.0.1')
+  socket.on('error', () => {})
+  await new Promise<void>((resolve) => socket.once('connect', resolve))
+  socket.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${h.proxyKey}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model":"gpt-4o-mini",`)
+  await sleep(100)
+  socket.destroy()
+  const deadline = Date.now() + 2000
+  while (!h.logs.some((l) => l.includes('request refused')) && Date.now() < deadline) await sleep(10)
+  const refused = h.logs.filter((l) => l.includes('request refused')).map((l) => JSON.parse(l) as { code: string, status: number })
+  t.match(refused, [{ code: 'OAI_PROXY_BAD_REQUEST', status: 400 }])
+  t.notOk(h.logs.some((l) => l.includes('request failed')), 'not logged as a server error')
+  t.equal(h.upstream.requests.length, 0)
 })

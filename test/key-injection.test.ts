@@ -1,5 +1,5 @@
 import t from 'tap'
-import { assertNoLeak, chatBody, proxyTest, seenByClient, type Harness } from './helper.js'
+import { assertNoLeak, chatBody, proxyTest, seenByClient, sleep, type Harness } from './helper.js'
 
 const post = (h: Harness, payload: Record<string, unknown> = chatBody()) =>
   h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: h.auth, payload })
@@ -82,4 +82,34 @@ proxyTest(t, 'an upstream rate limit cools the key down and reaches the client w
   t.notMatch(res.body, /org-ABCDEFGH123/, 'organization id redacted')
   for (let i = 0; i < 3; i++) t.equal((await post(h)).statusCode, 200, 'the other key serves while the first cools down')
   t.equal(h.upstream.requests.filter((r) => r.headers.authorization === `Bearer ${limited}`).length, 1)
+})
+
+proxyTest(t, 'an upstream 429 without a usable Retry-After rests the key for one second', { keyCount: 2 }, async (h, t) => {
+  const [first, second] = h.keys as [string, string]
+  let limitOnce = true
+  h.upstream.script((r) => {
+    if (!limitOnce || r.headers.authorization !== `Bearer ${first}`) return undefined
+    limitOnce = false
+    return { kind: 'json', status: 429, headers: { 'retry-after': 'soon' }, body: { error: { message: 'Rate limit reached.', type: 'requests', param: null, code: 'rate_limit_exceeded' } } }
+  })
+  t.equal((await post(h)).statusCode, 429)
+  t.equal((await post(h)).statusCode, 200)
+  await sleep(1200)
+  t.equal((await post(h)).statusCode, 200)
+  t.strictSame(h.upstream.requests.map((r) => r.headers.authorization), [first, second, first].map((k) => `Bearer ${k}`), 'rested, then back in rotation')
+})
+
+proxyTest(t, 'a Retry-After sent twice: the first value sets the rest', { keyCount: 2 }, async (h, t) => {
+  const [first, second] = h.keys as [string, string]
+  let limitOnce = true
+  h.upstream.script((r) => {
+    if (!limitOnce || r.headers.authorization !== `Bearer ${first}`) return undefined
+    limitOnce = false
+    return { kind: 'json', status: 429, headers: { 'retry-after': ['3', '0'] }, body: { error: { message: 'Rate limit reached.', type: 'requests', param: null, code: 'rate_limit_exceeded' } } }
+  })
+  t.equal((await post(h)).statusCode, 429)
+  t.equal((await post(h)).statusCode, 200)
+  await sleep(1200)
+  t.equal((await post(h)).statusCode, 200)
+  t.strictSame(h.upstream.requests.map((r) => r.headers.authorization), [first, second, second].map((k) => `Bearer ${k}`), 'still resting after a second')
 })

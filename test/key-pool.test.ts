@@ -23,3 +23,13 @@ t.test('fingerprints are short, stable and do not contain the secret', async (t)
   t.match(fingerprint('sk-secret'), /^key_[0-9a-f]{10}$/)
   t.notMatch(fingerprint('sk-secret'), /secret/)
 })
+
+t.test('when every key is cooling, the one whose cool-down ends first is handed out', async (t) => {
+  const pool = new KeyPool(['a', 'b', 'c'], () => 1000)
+  pool.coolDown(fingerprint('a'), 900)
+  pool.coolDown(fingerprint('b'), 300)
+  pool.coolDown(fingerprint('c'), 600)
+  t.strictSame(pool.describe().map((k) => k.state), ['cooling', 'cooling', 'cooling'])
+  t.equal(pool.acquire()?.key, 'b')
+  t.equal(pool.acquire(new Set([fingerprint('b')]))?.key, 'c')
+})

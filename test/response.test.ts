@@ -107,3 +107,25 @@ t.test('upstream redirects are never followed', async (t) => {
   }
   t.equal(otherHits, 0, 'the redirect target received nothing')
 })
+
+proxyTest(t, 'a compressed body is refused even when the encoding comes as two header lines', {}, async (h, t) => {
+  h.upstream.script(() => ({ kind: 'raw', headers: { 'content-type': 'application/json', 'content-encoding': ['identity', 'gzip'] }, body: Buffer.from([0x1f, 0x8b, 0, 0]) }))
+  const res = await post(h)
+  t.equal(res.statusCode, 502)
+  t.equal(res.json().error.code, 'upstream_bad_response')
+})
+
+proxyTest(t, 'partial upstream envelopes: no error object or no message is generic; a numeric code is kept as text; a missing type is upstream_error', {}, async (h, t) => {
+  const answers: Array<{ status: number, body: unknown, expect: unknown }> = [
+    { status: 500, body: { detail: `failed for ${h.keys[0]}` }, expect: { message: 'The upstream API returned an error (HTTP 500).', type: 'server_error', param: null, code: null } },
+    { status: 400, body: { error: { code: 'bad_thing', type: 'invalid_request_error' } }, expect: { message: 'The upstream API returned an error (HTTP 400).', type: 'upstream_error', param: null, code: null } },
+    { status: 422, body: { error: { message: `Unprocessable with ${h.keys[0]}`, code: 1234, param: 'messages' } }, expect: { message: 'Unprocessable with [redacted]', type: 'upstream_error', param: 'messages', code: '1234' } }
+  ]
+  for (const a of answers) {
+    h.upstream.script(() => ({ kind: 'json', status: a.status, body: a.body }))
+    const res = await post(h)
+    t.equal(res.statusCode, a.status)
+    t.strictSame(res.json(), { error: a.expect })
+    assertNoLeak(t, seenByClient(res), h.secrets, 'response')
+  }
+})

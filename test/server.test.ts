@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process'
+import { createServer, type AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { request } from 'undici'
@@ -84,4 +85,28 @@ t.test('production without a key refuses to start, naming the variable', async (
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
   t.equal(code, 1)
   t.match(err, /OPENAI_KEY is required when NODE_ENV=production/)
+})
+
+t.test('TRUST_PROXY as a hop count: the nearest hop is trusted, the next address is the client', async (t) => {
+  const key = canaryKey()
+  const fake = await startFakeOpenAI({ validKeys: [key] })
+  t.teardown(fake.close)
+  const s = await startServer({ ...quiet, OPENAI_KEY: key, UPSTREAM_URL: fake.url, TRUST_PROXY: '1', RATE_LIMIT_RPM: '1' })
+  t.teardown(s.shutdown)
+  const from = async (xff: string) => (await fetch(`${s.url}/v1/models`, { headers: { 'x-forwarded-for': xff } })).status
+  t.equal(await from('203.0.113.1'), 200)
+  t.equal(await from('203.0.113.2'), 200, 'another client behind the same proxy has its own bucket')
+  t.equal(await from('198.51.100.7, 203.0.113.1'), 429, 'an address the client added itself is not trusted')
+})
+
+t.test('a start-up failure other than configuration (port taken) exits 1 and says so', async (t) => {
+  const taken = createServer()
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => taken.close(() => resolve())))
+  const child = spawnServer({ LOG_LEVEL: 'silent', HOST: '127.0.0.1', PORT: String((taken.address() as AddressInfo).port), OPENAI_KEY: canaryKey(), NODE_ENV: 'development' })
+  let err = ''
+  child.stderr.on('data', (c: Buffer) => { err += c.toString() })
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
+  t.equal(code, 1)
+  t.match(err, /^oai-reverse-proxy: start-up failed: listen EADDRINUSE/m)
 })

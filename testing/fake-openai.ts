@@ -63,7 +63,7 @@ function defaultPlan (req: RecordedRequest, opts: FakeOpenAIOptions): Plan {
     return { kind: 'json', status: 401, body: R.errorBody(`Incorrect API key provided: ${mask(auth)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_request_error', 'invalid_api_key') }
   }
   const body = (req.json ?? {}) as Record<string, unknown>
-  const path = req.url.split('?')[0]
+  const path = req.url.replace(/\?.*$/s, '')
   const stream = body.stream === true
   const delayMs = opts.chunkDelayMs ?? 0
   const modelName = typeof body.model === 'string' ? body.model : ''
@@ -85,7 +85,7 @@ function defaultPlan (req: RecordedRequest, opts: FakeOpenAIOptions): Plan {
     case 'GET /v1/models':
       return { kind: 'json', body: R.modelList() }
   }
-  const id = /^\/v1\/models\/([^/]+)$/.exec(path ?? '')?.[1]
+  const id = /^\/v1\/models\/([^/]+)$/.exec(path)?.[1]
   if (req.method === 'GET' && id !== undefined) {
     const name = decodeURIComponent(id)
     return R.FAKE_MODELS.includes(name)
@@ -147,7 +147,8 @@ export async function startFakeOpenAI (opts: FakeOpenAIOptions = {}): Promise<Fa
       const body = Buffer.concat(chunks)
       let json: unknown
       try { json = body.length > 0 ? JSON.parse(body.toString('utf8')) : undefined } catch { json = undefined }
-      const record: RecordedRequest = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body, json, receivedAt: Date.now() }
+      // A server-side request always has a method and a URL (Node types them optional for client use).
+      const record: RecordedRequest = { method: req.method as string, url: req.url as string, headers: req.headers, rawHeaders: req.rawHeaders, body, json, receivedAt: Date.now() }
       requests.push(record)
       res.once('close', () => {
         if (!res.writableFinished) record.abortedAt = Date.now()

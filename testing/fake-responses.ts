@@ -23,7 +23,7 @@ export function replyText (body: Json): string {
   return `Hello from the fake upstream! You said: ${last.slice(0, 200)}`
 }
 
-const words = (text: string): string[] => text.match(/\S+\s*/g) ?? [text]
+const words = (text: string): string[] => [...text.matchAll(/\S+\s*/g)].map((m) => m[0])
 const usage = (text: string) => ({ prompt_tokens: 9, completion_tokens: words(text).length, total_tokens: 9 + words(text).length })
 
 export function chatCompletion (body: Json): Json {
