@@ -27,7 +27,7 @@ function inside (root, urlPath) {
 export async function serveBrowserChat ({ host = '127.0.0.1', port = 5173 } = {}) {
   const sdkRoot = dirname(fileURLToPath(import.meta.resolve('openai')))
   const server = createServer(async (req, res) => {
-    const path = new URL(req.url ?? '/', 'http://x').pathname
+    const path = new URL(String(req.url), 'http://x').pathname
     let file
     try {
       file = path === '/' ? join(here, 'index.html') : path.startsWith('/vendor/openai/') ? inside(sdkRoot, path.slice('/vendor/openai/'.length)) : inside(here, path.slice(1))
@@ -54,7 +54,9 @@ export async function serveBrowserChat ({ host = '127.0.0.1', port = 5173 } = {}
   }
 }
 
+/* c8 ignore start -- the command-line entry; tests import serveBrowserChat instead */
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const { url } = await serveBrowserChat({ port: Number(process.env.PORT ?? 5173) })
   console.log(`Browser chat page on ${url}/ (start the proxy with CORS_ORIGINS=${url})`)
 }
+/* c8 ignore stop */
