@@ -3,7 +3,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { OaiProxyKeys } from '../plugins/key-injection.js'
 import type { OaiProxyUpstream } from '../plugins/upstream.js'
 import { upstreamRequestHeaders } from './headers.js'
-import { judgeUpstreamError, readCapped } from './upstream-errors.js'
+import { judgeUpstreamError, readCapped, errorCode } from './upstream-errors.js'
 
 /*
  * The optional second opinion: OpenAI's moderation endpoint, called with a key from the pool through the
@@ -81,9 +81,7 @@ export class ModerationClient {
         status = res.statusCode
         answer = await readCapped(res.body, ANSWER_LIMIT)
       } catch (err) {
-        // undici errors carry a string code; a timeout is a DOMException, whose numeric legacy `code` says less than its name.
-        const code = (err as { code?: unknown }).code
-        log.warn({ code: typeof code === 'string' ? code : (err as Error).name, key: key.id }, 'oai-proxy: moderation call failed')
+        log.warn({ code: errorCode(err), key: key.id }, 'oai-proxy: moderation call failed')
         return { ok: false, reason: 'upstream unreachable' }
       }
       if (status >= 200 && status < 300) return parseAnswer(answer)

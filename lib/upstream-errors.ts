@@ -81,3 +81,12 @@ export function judgeUpstreamError (status: number, text: string | null, retryAf
   }
   return { status, body }
 }
+
+/**
+ * A log-friendly code for a failed upstream call: undici errors carry a string code; an abort or a
+ * timeout is a DOMException, whose numeric legacy `code` says less than its name.
+ */
+export function errorCode (err: unknown): string {
+  const code = (err as { code?: unknown }).code
+  return typeof code === 'string' ? code : (err as Error).name
+}

@@ -6,7 +6,7 @@ import { sendRewritten } from '../lib/response-rewrite.js'
 import { UsageTap } from '../lib/usage-tap.js'
 import { chain } from '../lib/stream-chain.js'
 import { onResponseClose } from '../lib/response-close.js'
-import { judgeUpstreamError, readCapped } from '../lib/upstream-errors.js'
+import { errorCode, judgeUpstreamError, readCapped } from '../lib/upstream-errors.js'
 import { typeboxValidator } from '../lib/validator.js'
 import { upstreamPath, type EndpointDefinition } from '../schemas/endpoints.js'
 
@@ -80,7 +80,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
       try {
         res = await dispatcher.request({ origin, path, method: endpoint.method, headers, body, signal: abort.signal })
       } catch (err) {
-        request.log.warn({ code: (err as { code?: string }).code, key: key.id, aborted: abort.signal.aborted }, 'oai-proxy: upstream request failed')
+        request.log.warn({ code: errorCode(err), key: key.id, aborted: abort.signal.aborted }, 'oai-proxy: upstream request failed')
         throw upstreamFailure(err)
       }
 
@@ -100,7 +100,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
         // An upstream that dies mid-stream cuts the client's response off (never ended cleanly); a client
         // that leaves destroys the chain, which aborts the upstream body.
         const body = chain(res.body, tap === undefined ? [out] : [tap, out], (err) => {
-          request.log.warn({ code: (err as { code?: string }).code }, 'oai-proxy: upstream stream ended abnormally')
+          request.log.warn({ code: errorCode(err) }, 'oai-proxy: upstream stream ended abnormally')
         })
         return reply.code(status).headers(clientResponseHeaders(res.headers)).send(body)
       }
