@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto'
+import { spawn } from 'node:child_process'
 import { connect } from 'node:net'
+import { fileURLToPath } from 'node:url'
 import { Writable } from 'node:stream'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
@@ -145,3 +147,27 @@ export function rawRequest (port: number, payload: string | Buffer, timeoutMs = 
 
 export const chatBody = (extra: Record<string, unknown> = {}) => ({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hello' }], ...extra })
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+/** Run server.ts in a child with tap's TypeScript loader but without its coverage hooks (they would clobber ours). */
+export function spawnServer (env: Record<string, string>) {
+  const server = fileURLToPath(new URL('../server.ts', import.meta.url))
+  const execArgv = process.execArgv.filter((a) => !a.includes('processinfo'))
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('_TAPJS') && !k.startsWith('TAP') && k !== 'NODE_V8_COVERAGE'))
+  return spawn(process.execPath, [...execArgv, server], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+}
+
+/** Resolve with the base URL a spawned server.ts logs once it listens (LOG_LEVEL info or lower). */
+export function listeningUrl (child: ReturnType<typeof spawnServer>, timeoutMs = 20_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = ''
+    const timer = setTimeout(() => reject(new Error(`server did not listen: ${out.slice(-500)}`)), timeoutMs)
+    child.stdout?.on('data', (c: Buffer) => {
+      out += c.toString()
+      const m = /Server listening at (http:\/\/[^"\s]+)/.exec(out)
+      if (m?.[1] !== undefined) {
+        clearTimeout(timer)
+        resolve(m[1])
+      }
+    })
+  })
+}

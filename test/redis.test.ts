@@ -1,7 +1,8 @@
 import Fastify from 'fastify'
 import t, { type Test } from 'tap'
 import oaiProxy from '../app.js'
-import { canaryKey, chatBody, harness, sleep, type Harness } from './helper.js'
+import { canaryKey, chatBody, harness, listeningUrl, sleep, spawnServer, type Harness } from './helper.js'
+import { startFakeOpenAI } from '../testing/fake-openai.js'
 import { hasRedis, startRedis, type RedisServer } from './redis-helper.js'
 
 const post = (h: Harness) => h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: h.auth, payload: chatBody() })
@@ -28,6 +29,24 @@ t.test('shared limits across replicas on a real redis-server', async (t) => {
     t.equal(results.filter((r) => r.statusCode === 200).length, 20)
     t.equal(a.upstream.requests.length + b.upstream.requests.length, 20, 'upstreams saw exactly the limit between them')
     t.strictSame((await a.app.inject({ url: '/health' })).json(), { status: 'ok', upstream_keys: 'available', rate_limit_store: 'redis' })
+  })
+
+  await t.test('two proxy processes (server.ts) on one Redis admit the limit in total', async (t) => {
+    const key = canaryKey()
+    const fake = await startFakeOpenAI({ validKeys: [key] })
+    t.teardown(fake.close)
+    const env = { OPENAI_KEY: key, UPSTREAM_URL: fake.url, PROXY_KEY: 'pk-two-processes-0123456789', RATE_LIMIT_RPM: '12', REDIS_URL: redis.url, PORT: '0', LOG_LEVEL: 'info', NODE_ENV: 'development' }
+    const children = [spawnServer(env), spawnServer(env)]
+    t.teardown(() => { for (const c of children) c.kill('SIGKILL') })
+    const urls = await Promise.all(children.map((c) => listeningUrl(c)))
+    const statuses = await Promise.all(Array.from({ length: 40 }, async (_, i) => {
+      const res = await fetch(`${urls[i % 2] as string}/v1/chat/completions`, { method: 'POST', headers: { authorization: 'Bearer pk-two-processes-0123456789', 'content-type': 'application/json' }, body: JSON.stringify(chatBody()) })
+      await res.arrayBuffer()
+      return res.status
+    }))
+    t.equal(statuses.filter((s) => s === 200).length, 12, 'exactly the limit, though each process saw about half the requests')
+    t.equal(statuses.filter((s) => s === 429).length, 28)
+    t.equal(fake.requests.length, 12)
   })
 
   await t.test('tokens per minute are shared and settled in Redis', async (t) => {

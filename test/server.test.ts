@@ -1,21 +1,11 @@
-import { spawn } from 'node:child_process'
 import { createServer, type AddressInfo } from 'node:net'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { request } from 'undici'
 import { startServer } from '../server.js'
 import { startFakeOpenAI } from '../testing/fake-openai.js'
-import { canaryKey, chatBody } from './helper.js'
+import { canaryKey, chatBody, spawnServer } from './helper.js'
 
 const quiet = { LOG_LEVEL: 'silent', PORT: '0' }
-
-/** Run server.ts in a child with tap's TypeScript loader but without its coverage hooks (they would clobber ours). */
-function spawnServer (env: Record<string, string>) {
-  const server = fileURLToPath(new URL('../server.ts', import.meta.url))
-  const execArgv = process.execArgv.filter((a) => !a.includes('processinfo'))
-  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('_TAPJS') && !k.startsWith('TAP') && k !== 'NODE_V8_COVERAGE'))
-  return spawn(process.execPath, [...execArgv, server], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-}
 
 t.test('no key: demo mode fronts the built-in fake upstream and marks every response', async (t) => {
   const s = await startServer({ ...quiet })
