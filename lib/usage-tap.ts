@@ -1,13 +1,14 @@
 import { StringDecoder } from 'node:string_decoder'
-import { Transform, type TransformCallback } from 'node:stream'
+import { Transform, type Readable, type TransformCallback } from 'node:stream'
 
 /*
- * Watches an upstream body go by for its token `usage`, without delaying it:
- * - SSE: complete frames are passed on as soon as their blank line arrives (a partial frame waits for
- *   its end, as it must for any client); frames mentioning "usage" are parsed: chat/completions usage
- *   chunks (`choices: []`) and the Responses API's `response.completed`. A usage-only chunk the proxy
- *   asked for on the client's behalf is dropped (many clients crash on `choices: []`, openai-wire §1.7).
- * - JSON: bytes pass straight through; the last `"total_tokens"` in the final 16 KB is read at the end.
+ * Reads an upstream body's token `usage` as it goes by, without delaying it:
+ * - SSE: frames are split at their blank line; frames mentioning "usage" are parsed: chat/completions
+ *   usage chunks (`choices: []`) and the Responses API's `response.completed`. A usage-only chunk the
+ *   proxy asked for on the client's behalf is dropped (many clients crash on `choices: []`, openai-wire
+ *   §1.7): only then is the reader a stream stage (`UsageTap`); otherwise it just listens (`watchUsage`),
+ *   which keeps an extra Transform off the hot path.
+ * - JSON: the last `"total_tokens"` in the final 16 KB, read at the end.
  */
 
 const FRAME = /[\s\S]*?(?:\r\n\r\n|\n\n|\r\r)/g
@@ -33,22 +34,21 @@ function usageOf (frame: string): { total: number | null, usageOnly: boolean } {
   }
 }
 
-export class UsageTap extends Transform {
+/** The parsing, shared by the stage and the listener: `feed` returns what may be passed on. */
+class UsageReader {
   readonly #opts: UsageTapOptions
   readonly #decoder = new StringDecoder('utf8')
   #pending = ''
   #tail = Buffer.alloc(0)
 
   constructor (opts: UsageTapOptions) {
-    super()
     this.#opts = opts
   }
 
-  override _transform (chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+  feed (chunk: Buffer): string {
     if (this.#opts.mode === 'json') {
       this.#tail = Buffer.concat([this.#tail, chunk]).subarray(-TAIL_BYTES)
-      done(null, chunk)
-      return
+      return ''
     }
     this.#pending += this.#decoder.write(chunk)
     let out = ''
@@ -59,19 +59,17 @@ export class UsageTap extends Transform {
       out += this.#frame(m[0])
     }
     this.#pending = this.#pending.slice(consumed)
-    done(null, out.length > 0 ? Buffer.from(out) : undefined)
+    return out
   }
 
-  override _flush (done: TransformCallback): void {
+  finish (): string {
     if (this.#opts.mode === 'json') {
-      const matches = [...this.#tail.toString('utf8').matchAll(TOTAL_TOKENS)]
-      const last = matches.at(-1)
+      const last = [...this.#tail.toString('utf8').matchAll(TOTAL_TOKENS)].at(-1)
       if (last !== undefined) this.#opts.onUsage(Number(last[1]))
-      done()
-      return
+      return ''
     }
     const rest = this.#pending + this.#decoder.end()
-    done(null, rest.length > 0 ? Buffer.from(this.#frame(rest)) : undefined)
+    return rest.length > 0 ? this.#frame(rest) : ''
   }
 
   #frame (frame: string): string {
@@ -80,4 +78,34 @@ export class UsageTap extends Transform {
     if (total !== null) this.#opts.onUsage(total)
     return usageOnly && this.#opts.hideUsageChunk ? '' : frame
   }
+}
+
+/** As a stream stage: needed to drop the usage-only chunk (SSE with `hideUsageChunk`). */
+export class UsageTap extends Transform {
+  readonly #reader: UsageReader
+  readonly #json: boolean
+
+  constructor (opts: UsageTapOptions) {
+    super()
+    this.#reader = new UsageReader(opts)
+    this.#json = opts.mode === 'json'
+  }
+
+  override _transform (chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    const out = this.#reader.feed(chunk)
+    // JSON bodies pass byte for byte; SSE frames pass as the reader releases them.
+    done(null, this.#json ? chunk : out.length > 0 ? Buffer.from(out) : undefined)
+  }
+
+  override _flush (done: TransformCallback): void {
+    const out = this.#reader.finish()
+    done(null, out.length > 0 ? Buffer.from(out) : undefined)
+  }
+}
+
+/** Listen to `source` for usage without becoming a stage of its pipe (nothing is dropped or delayed). */
+export function watchUsage (source: Readable, opts: Omit<UsageTapOptions, 'hideUsageChunk'>): void {
+  const reader = new UsageReader({ ...opts, hideUsageChunk: false })
+  source.on('data', (chunk: Buffer) => { reader.feed(chunk) })
+  source.once('end', () => { reader.finish() })
 }

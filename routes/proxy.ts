@@ -1,9 +1,10 @@
+import type { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js'
 import { SecretRedactor } from '../lib/redact.js'
 import { sendRewritten } from '../lib/response-rewrite.js'
-import { UsageTap } from '../lib/usage-tap.js'
+import { UsageTap, watchUsage } from '../lib/usage-tap.js'
 import { chain } from '../lib/stream-chain.js'
 import { onResponseClose } from '../lib/response-close.js'
 import { errorCode, judgeUpstreamError, readCapped } from '../lib/upstream-errors.js'
@@ -37,13 +38,19 @@ function upstreamFailure (err: unknown): Error {
   return proxyError('UPSTREAM_UNREACHABLE')
 }
 
-/** When a token budget meters this request, a tap that reads upstream's `usage` as the body goes by. */
-function usageTapFor (request: FastifyRequest, contentType: string | undefined): UsageTap | undefined {
+/**
+ * When a token budget meters this request, read upstream's `usage` as the body goes by: as a stage only
+ * when a usage chunk must be dropped, else by listening (one less stream stage on the hot path).
+ */
+function usageStage (request: FastifyRequest, source: Readable, contentType: string | undefined): UsageTap | undefined {
   const usage = request.oaiProxyUsage
   if (usage === null || usage === undefined) return undefined
   const mode = contentType?.startsWith('text/event-stream') === true ? 'sse' : contentType?.includes('json') === true ? 'json' : undefined
   if (mode === undefined) return undefined
-  return new UsageTap({ mode, hideUsageChunk: usage.hideUsageChunk, onUsage: (n) => { usage.totalTokens = n } })
+  const onUsage = (n: number) => { usage.totalTokens = n }
+  if (mode === 'sse' && usage.hideUsageChunk) return new UsageTap({ mode, hideUsageChunk: true, onUsage })
+  watchUsage(source, { mode, onUsage })
+  return undefined
 }
 
 function firstHeader (value: string | string[] | undefined): string | undefined {
@@ -96,7 +103,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
         const rewrite = endpoint.rewritableResponse === undefined ? null : request.oaiProxyRewriteResponse
         if (typeof rewrite === 'function') return sendRewritten(reply, res, rewrite, keys.secrets)
         const out = new SecretRedactor(keys.secrets)
-        const tap = usageTapFor(request, firstHeader(res.headers['content-type']))
+        const tap = usageStage(request, res.body, firstHeader(res.headers['content-type']))
         // An upstream that dies mid-stream cuts the client's response off (never ended cleanly); a client
         // that leaves destroys the chain, which aborts the upstream body.
         const body = chain(res.body, tap === undefined ? [out] : [tap, out], (err) => {

@@ -1,9 +1,9 @@
-import { Readable } from 'node:stream'
+import { PassThrough, Readable } from 'node:stream'
 import { text } from 'node:stream/consumers'
 import t from 'tap'
 import { goDuration, retryHeaders } from '../lib/durations.js'
 import { estimatePromptTokens, loadTokenizers, outputCap } from '../lib/tokens.js'
-import { UsageTap } from '../lib/usage-tap.js'
+import { UsageTap, watchUsage } from '../lib/usage-tap.js'
 
 async function tap (mode: 'sse' | 'json', chunks: string[], hideUsageChunk = false) {
   const seen: number[] = []
@@ -45,6 +45,19 @@ t.test('JSON: the last total_tokens in the body, ignoring escaped look-alikes', 
   t.equal(r.out, body)
   t.strictSame(r.seen, [42])
   t.strictSame((await tap('json', ['{"object":"list"}'])).seen, [], 'no usage, no settlement')
+})
+
+t.test('watchUsage listens beside a pipe without changing or delaying it', async (t) => {
+  const seen: number[] = []
+  const source = Readable.from([frame, usageChunk, 'data: [DONE]\n\n'].map((c) => Buffer.from(c)))
+  watchUsage(source, { mode: 'sse', onUsage: (n) => seen.push(n) })
+  t.equal(await text(source.pipe(new PassThrough())), frame + usageChunk + 'data: [DONE]\n\n')
+  t.strictSame(seen, [12])
+  const json: number[] = []
+  const body = Readable.from([Buffer.from('{"usage":{"total_tokens":'), Buffer.from('33}}')])
+  watchUsage(body, { mode: 'json', onUsage: (n) => json.push(n) })
+  t.equal(await text(body.pipe(new PassThrough())), '{"usage":{"total_tokens":33}}')
+  t.strictSame(json, [33])
 })
 
 t.test('before the tables load, estimates overcount by characters', async (t) => {
