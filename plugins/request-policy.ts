@@ -1,4 +1,5 @@
 import fp from 'fastify-plugin'
+import { firstError } from '../lib/validator.js'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError, type ProxyErrorName } from '../errors.js'
@@ -38,10 +39,8 @@ function refuse (request: FastifyRequest, name: ProxyErrorName, args: unknown[],
  */
 const requestPolicy: FastifyPluginAsync<RequestPolicyOptions> = async (app, opts) => {
   if (!checkOptions.Check(opts)) {
-    const first = checkOptions.Errors(opts).First()
-    // Check() failed, so TypeBox yields at least one error: the fallbacks only guard that library contract.
-    /* c8 ignore next */
-    throw new Error(`oai-proxy: invalid option /policy${first?.path ?? ''}: ${first?.message ?? 'invalid'}`)
+    const first = firstError(checkOptions, opts)
+    throw new Error(`oai-proxy: invalid option /policy${first.path}: ${first.message}`)
   }
   const models = opts.allowedModels
   const maxOutput = opts.maxOutputTokens
