@@ -28,7 +28,7 @@ export function secretForms (secrets: readonly string[]): string[] {
 /** Scrub an upstream error text: exact secrets first, then anything shaped like a key or an account id. */
 export function redactText (text: string, secrets: readonly string[]): string {
   let out = text
-  for (const s of secrets) out = out.split(s).join(REDACTED)
+  for (const s of secretForms(secrets)) out = out.split(s).join(REDACTED)
   return out
     .replace(KEY_PATTERN, 'sk-' + REDACTED)
     .replace(ORG_PATTERN, 'org-' + REDACTED)
@@ -50,11 +50,12 @@ export class SecretRedactor extends Transform {
   }
 
   override _transform (chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    const data = this.#carry.length > 0 ? Buffer.concat([this.#carry, chunk]) : chunk
-    const hold = this.#holdback(data)
-    const ready = data.subarray(0, data.length - hold)
-    this.#carry = hold > 0 ? Buffer.from(data.subarray(data.length - hold)) : Buffer.alloc(0)
-    if (ready.length > 0) this.push(this.#scrub(ready))
+    // Scrub first, then hold back: a whole secret at the very end (one whose last character is also its
+    // first, e.g. a key ending in "s") must be cut now, not mistaken for the start of another.
+    const clean = this.#scrub(this.#carry.length > 0 ? Buffer.concat([this.#carry, chunk]) : chunk)
+    const hold = this.#holdback(clean)
+    this.#carry = hold > 0 ? Buffer.from(clean.subarray(clean.length - hold)) : Buffer.alloc(0)
+    if (clean.length > hold) this.push(clean.subarray(0, clean.length - hold))
     done()
   }
 

@@ -53,6 +53,9 @@ function usageStage (request: FastifyRequest, source: Readable, contentType: str
   return undefined
 }
 
+/** Error codes of a call that never reached upstream (refused, unresolvable, TLS refused, connect timeout). */
+const CONNECT_FAILURE = /^(ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|UND_ERR_CONNECT_TIMEOUT|ERR_TLS_|DEPTH_ZERO|SELF_SIGNED|UNABLE_TO_|CERT_)/
+
 function firstHeader (value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value
 }
@@ -87,7 +90,10 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
       try {
         res = await dispatcher.request({ origin, path, method: endpoint.method, headers, body, signal: abort.signal })
       } catch (err) {
-        request.log.warn({ code: errorCode(err), key: key.id, aborted: abort.signal.aborted }, 'oai-proxy: upstream request failed')
+        const code = errorCode(err)
+        request.log.warn({ code, key: key.id, aborted: abort.signal.aborted }, 'oai-proxy: upstream request failed')
+        // Never connected: upstream cannot have billed anything, so a token reservation is refunded.
+        if (request.oaiProxyUsage && CONNECT_FAILURE.test(code)) request.oaiProxyUsage.totalTokens = 0
         throw upstreamFailure(err)
       }
 

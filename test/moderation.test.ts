@@ -57,7 +57,7 @@ proxyTest(t, 'fail closed: an unusable moderation answer refuses with 503 and no
     t.strictSame(res.json(), { error: { message: 'The content check could not be completed; try again shortly.', type: 'server_error', param: null, code: 'content_filter_unavailable' } })
   }
   t.equal(chatCalls(h).length, 0)
-  t.match(h.logs.join(''), /moderation unavailable.*|"failMode":"closed"/)
+  t.match(h.logs.join(''), /"failMode":"closed".*moderation unavailable/)
 })
 
 proxyTest(t, 'fail closed on a timeout, promptly', { proxy: { filter: { moderation: { failMode: 'closed', timeoutMs: 200 } } } }, async (h, t) => {

@@ -16,6 +16,20 @@ t.test('secrets split across every possible chunk boundary are still cut', async
   t.equal(await through([key], doc.split('')), expected, 'one byte at a time')
 })
 
+t.test('a secret ending in its own first character, cut right after it, is still redacted', async (t) => {
+  // Found in review: holding back before scrubbing let such a key through whole at a chunk boundary.
+  for (const key of [`sk-proj-CANARY${'x'.repeat(20)}s`, `sk-proj-CANARY${'y'.repeat(20)}p`, `org-${'z'.repeat(20)}o`]) {
+    const doc = `{"x":"${key}`
+    t.equal(await through([key], [doc, '"}']), `{"x":"${REDACTED}"}`, key.slice(-3))
+    t.equal(await through([key], [doc.slice(0, 3), doc.slice(3), '"}']), `{"x":"${REDACTED}"}`)
+  }
+})
+
+t.test('redactText cuts the key without its sk- prefix too', async (t) => {
+  const key = canaryKey()
+  t.equal(redactText(`quoted ${key.slice(3)} here`, [key]), `quoted ${REDACTED} here`)
+})
+
 t.test('bytes that merely look like the start of a secret are released at the end', async (t) => {
   const key = canaryKey()
   t.equal(await through([key], ['data: x\n\n', 'tail sk-pro']), 'data: x\n\ntail sk-pro')

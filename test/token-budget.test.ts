@@ -61,6 +61,13 @@ proxyTest(t, 'endpoints without token usage are not metered', { proxy: budget },
   t.notOk('x-ratelimit-limit-tokens' in mod.headers)
 })
 
+proxyTest(t, 'an upstream that cannot be reached costs no tokens', { proxy: { ...budget, upstreamUrl: 'http://127.0.0.1:1' } }, async (h, t) => {
+  const failed = await post(h)
+  t.equal(failed.statusCode, 502)
+  await settled()
+  t.equal(remaining(await post(h)), LIMIT - reservation(chatBody()), 'the refused connection was refunded')
+})
+
 proxyTest(t, 'a request larger than the whole budget is refused for good, before upstream', { proxy: budget }, async (h, t) => {
   const res = await post(h, chatBody({ max_tokens: LIMIT }))
   t.equal(res.statusCode, 429)
