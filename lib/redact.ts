@@ -25,6 +25,20 @@ export function secretForms (secrets: readonly string[]): string[] {
   return [...forms].sort((a, b) => b.length - a.length)
 }
 
+/*
+ * The forms as Buffers, computed once per secrets list: the proxy route builds a redactor per response,
+ * always from the same `oaiProxyKeys.secrets` array.
+ */
+const buffersOf = new WeakMap<readonly string[], Buffer[]>()
+function secretBuffers (secrets: readonly string[]): Buffer[] {
+  let buffers = buffersOf.get(secrets)
+  if (buffers === undefined) {
+    buffers = secretForms(secrets).map((s) => Buffer.from(s))
+    buffersOf.set(secrets, buffers)
+  }
+  return buffers
+}
+
 /** Scrub an upstream error text: exact secrets first, then anything shaped like a key or an account id. */
 export function redactText (text: string, secrets: readonly string[]): string {
   let out = text
@@ -46,7 +60,7 @@ export class SecretRedactor extends Transform {
 
   constructor (secrets: readonly string[]) {
     super()
-    this.#secrets = secretForms(secrets).map((s) => Buffer.from(s))
+    this.#secrets = secretBuffers(secrets)
   }
 
   override _transform (chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {

@@ -52,10 +52,11 @@ class UsageReader {
     }
     this.#pending += this.#decoder.write(chunk)
     let out = ''
-    const frames = new RegExp(FRAME)
+    // One shared global regex (no allocation per chunk); feed() never re-enters, so resetting is safe.
+    FRAME.lastIndex = 0
     let consumed = 0
-    for (let m = frames.exec(this.#pending); m !== null; m = frames.exec(this.#pending)) {
-      consumed = frames.lastIndex
+    for (let m = FRAME.exec(this.#pending); m !== null; m = FRAME.exec(this.#pending)) {
+      consumed = FRAME.lastIndex
       out += this.#frame(m[0])
     }
     this.#pending = this.#pending.slice(consumed)

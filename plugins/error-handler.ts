@@ -7,13 +7,10 @@ export interface ErrorHandlerOptions {
   allowedMethods: (url: string) => readonly string[]
 }
 
-/** Fastify's own errors that reach us, mapped onto the catalogue. */
+/** Fastify's own errors that reach us, mapped onto the catalogue (JSON errors come from plugins/json-body.ts, already in it). */
 const FASTIFY_CODES: Record<string, Parameters<typeof proxyError>[0]> = {
   FST_ERR_CTP_INVALID_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
-  FST_ERR_CTP_INVALID_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
   FST_ERR_CTP_BODY_TOO_LARGE: 'BODY_TOO_LARGE',
-  FST_ERR_CTP_EMPTY_JSON_BODY: 'EMPTY_BODY',
-  FST_ERR_CTP_INVALID_JSON_BODY: 'INVALID_JSON',
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'BAD_REQUEST'
 }
 
