@@ -39,9 +39,10 @@ function collect (stream: Readable | null, logs: ChildLogs, name: string): void 
   })
 }
 
-export async function startChild (name: string, script: string, env: Record<string, string>, readyTimeoutMs = 15_000): Promise<Child> {
+export async function startChild (name: string, script: string, env: Record<string, string>, readyTimeoutMs = 15_000, execArgv: string[] = []): Promise<Child> {
   const proc: ChildProcess = fork(fileURLToPath(new URL(script, import.meta.url)), [], {
     env: { ...process.env, ...env },
+    execArgv,
     stdio: ['ignore', 'pipe', 'pipe', 'ipc']
   })
   const logs: ChildLogs = { lines: 0, warnings: 0, samples: [] }

@@ -1,0 +1,12 @@
+import { FILTER_RULES } from './filter-scenario.js'
+
+/**
+ * "Every feature on", as the bench and the profile run it: a client key (set by the caller), requests,
+ * tokens and concurrency limits set high enough that nothing is refused (this measures the checks, not
+ * refusals), 50 filter rules and a CJK script rule, a model allowlist and an output-token cap.
+ */
+export const ALL_FEATURES = {
+  rateLimit: { requestsPerWindow: 1e9, tokensPerMinute: 1e12, maxConcurrent: 1e6, failuresPerMinute: 1e9 },
+  filter: { ...FILTER_RULES, scripts: ['Han', 'Hiragana', 'Katakana'] },
+  policy: { allowedModels: ['gpt-4o*', 'gpt-4.1*', 'gpt-5*'], maxOutputTokens: 4096 }
+}

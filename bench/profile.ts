@@ -1,0 +1,73 @@
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { startChild } from './children.js'
+import { ALL_FEATURES } from './features.js'
+import { newPool, newTally, runFor, type Target } from './load.js'
+
+/*
+ * `npm run bench:profile [defaults|all] [bytes] [seconds]`: a CPU profile of the proxy under one load, to
+ * find where the time goes before changing the request path. The proxy runs with `--cpu-prof`; this
+ * prints the functions with the most self time (and writes the .cpuprofile for Chrome DevTools).
+ */
+
+interface Node { id: number, callFrame: { functionName: string, url: string, lineNumber: number }, children?: number[] }
+interface Profile { nodes: Node[], samples: number[], timeDeltas: number[] }
+
+function top (profile: Profile, n: number): string[] {
+  const self = new Map<number, number>()
+  profile.samples.forEach((id, i) => self.set(id, (self.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)))
+  const byName = new Map<string, number>()
+  let total = 0
+  let idle = 0
+  for (const node of profile.nodes) {
+    const us = self.get(node.id) ?? 0
+    total += us
+    const f = node.callFrame
+    if (f.functionName === '(idle)') { idle += us; continue }
+    const file = f.url.replace(/^.*\/(node_modules\/|dist\/)/, '$1')
+    const name = `${f.functionName || '(anonymous)'} ${file}:${f.lineNumber + 1}`
+    byName.set(name, (byName.get(name) ?? 0) + us)
+  }
+  const busy = total - idle
+  return [`busy ${(busy / 1000).toFixed(0)} ms of ${(total / 1000).toFixed(0)} ms sampled`,
+    ...[...byName].sort((a, b) => b[1] - a[1]).slice(0, n).map(([name, us]) => `${(100 * us / busy).toFixed(1).padStart(5)}%  ${name}`)]
+}
+
+async function main (): Promise<void> {
+  const [mode = 'all', bytesArg = '262144', secondsArg = '6'] = process.argv.slice(2)
+  const fake = await startChild('fake', './fake-child.js', { BENCH_CHUNK_DELAY_MS: '25' })
+  try {
+    await profileProxy(fake.url, mode, Number(bytesArg), Number(secondsArg))
+  } finally {
+    await fake.stop()
+  }
+}
+
+async function profileProxy (upstreamUrl: string, mode: string, bytes: number, seconds: number): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'oai-proxy-prof-'))
+  const key = `pk-bench-${randomBytes(16).toString('hex')}`
+  const proxy = await startChild('proxy', './proxy-child.js', {
+    BENCH_UPSTREAM_URL: upstreamUrl,
+    BENCH_PROXY_KEY: key,
+    BENCH_PROXY_OPTIONS: JSON.stringify(mode === 'all' ? ALL_FEATURES : {})
+  }, 15_000, ['--cpu-prof', `--cpu-prof-dir=${dir}`])
+  const base = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: '' }] }).length
+  const body = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'lorem ipsum '.repeat(Math.ceil(bytes / 12)).slice(0, Math.max(1, bytes - base)) }] }))
+  const pool = newPool(proxy.url, 16)
+  const target: Target = { name: 'proxy', origin: proxy.url, headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, pool }
+  const tally = newTally()
+  await runFor(target, body, 16, seconds * 1000, tally)
+  await pool.destroy()
+  await proxy.stop()
+  process.stdout.write(`${mode}: ${body.length} byte bodies, c=16, ${tally.ok} ok, errors ${JSON.stringify(tally.errors)}, ${(tally.ok / (tally.elapsedMs / 1000)).toFixed(0)} req/s\n`)
+  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
+  if (file === undefined) throw new Error(`no profile written in ${dir}`)
+  process.stdout.write(top(JSON.parse(readFileSync(join(dir, file), 'utf8')) as Profile, 25).join('\n') + `\nprofile: ${join(dir, file)}\n`)
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`profile failed: ${(err as Error).stack ?? String(err)}\n`)
+  process.exitCode = 1
+})
