@@ -16,6 +16,8 @@ const catalogue = {
   INVALID_JSON: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'We could not parse the JSON body of your request.' },
   EMPTY_BODY: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The request body is empty; a JSON object is required.' },
   FORBIDDEN_KEY: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The JSON body contains a forbidden key (__proto__ or constructor.prototype).' },
+  INVALID_ENCODING: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The JSON body is not valid UTF-8.' },
+  AMBIGUOUS_BODY: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The JSON body repeats a key and holds a number with more than 15 digits; send each key once so the number can be forwarded exactly.' },
   TOO_DEEP: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The JSON body is nested deeper than %s levels.' },
   INVALID_BODY: { status: 400, type: 'invalid_request_error', code: 'invalid_request_body', message: 'Invalid request: %s' },
   INVALID_PARAM: { status: 400, type: 'invalid_request_error', code: 'invalid_value', message: 'Invalid path parameter: %s' },

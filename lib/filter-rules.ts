@@ -1,11 +1,14 @@
 import { RE2JS, RE2Set } from 're2js'
 import { Cooperative, normalise } from './normalise.js'
+import { requiredLiterals } from './rule-literals.js'
 
 /*
  * The prompt filter's rules, compiled once at start-up into one RE2 set: phrases and operator regexes
  * alike run on a linear-time automaton that cannot backtrack, in a single pass over the text however many
  * rules there are. A pattern that needs backtracking (backreferences, lookaround) does not compile, so it
- * is refused at start-up rather than left to stall the event loop on a crafted prompt.
+ * is refused at start-up rather than left to stall the event loop on a crafted prompt. Before the set runs,
+ * one plain JavaScript regex screens the text for what every match must contain (lib/rule-literals.ts):
+ * when nothing is there, the automaton is skipped.
  */
 
 export class RuleError extends Error {
@@ -40,6 +43,21 @@ export function phrasePattern (phrase: string): string {
   return open + words.map(word).join(`${SEP}*`) + close
 }
 
+const escapeJs = (s: string): string => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')
+
+/**
+ * What every match of `phrasePattern(phrase)` contains, as a JavaScript regex source: its longest word,
+ * written out or letter-spaced. `[^a-z0-9]{1,6}` is wider than the phrase's separator (1 to 3 characters
+ * that are not letters or digits, astral ones taking two UTF-16 units), as a necessary condition may be.
+ */
+export function phraseScreen (phrase: string): string[] {
+  const words = normalise(phrase).split(/[^\p{L}\p{N}]+/u).filter((w) => w.length > 0)
+  const longest = words.reduce((a, b) => ([...b].length > [...a].length ? b : a))
+  const letters = [...longest]
+  if (letters.length < 3) return [escapeJs(longest)]
+  return [escapeJs(longest), letters.map(escapeJs).join('[^a-z0-9]{1,6}')]
+}
+
 /** Compile one operator regex on RE2, or explain why it cannot be used. */
 function checkPattern (source: string): string {
   let compiled: RE2JS
@@ -63,22 +81,49 @@ export interface RuleMatch {
  * Every rule as an RE2 pattern, each checked on its own; throws `RuleError` naming the option and 0-based
  * entry that cannot be used. Cheaper than building the set, so config loading can check line by line.
  */
-export function compileRules (phrases: readonly string[] = [], patterns: readonly string[] = []): Array<{ id: string, source: string }> {
-  const rule = (option: 'phrases' | 'patterns', id: string, make: () => string, i: number) => {
+export interface CompiledRule {
+  id: string
+  /** The RE2 pattern. */
+  source: string
+  /** JavaScript regex alternatives one of which every match's text matches too (lower case); null when none is known. */
+  screen: string[] | null
+}
+
+export function compileRules (phrases: readonly string[] = [], patterns: readonly string[] = []): CompiledRule[] {
+  const rule = (option: 'phrases' | 'patterns', id: string, make: () => Omit<CompiledRule, 'id'>, i: number) => {
     try {
-      return { id: `${id}:${i + 1}`, source: make() }
+      return { id: `${id}:${i + 1}`, ...make() }
     } catch (err) {
       throw new RuleError(option, i, (err as Error).message)
     }
   }
+  const literals = (source: string): string[] | null => requiredLiterals(source)?.map(escapeJs) ?? null
   return [
-    ...phrases.map((p, i) => rule('phrases', 'phrase', () => phrasePattern(p), i)),
-    ...patterns.map((p, i) => rule('patterns', 'pattern', () => checkPattern(p), i))
+    ...phrases.map((p, i) => rule('phrases', 'phrase', () => ({ source: phrasePattern(p), screen: phraseScreen(p) }), i)),
+    ...patterns.map((p, i) => rule('patterns', 'pattern', () => {
+      const source = checkPattern(p)
+      return { source, screen: literals(source) }
+    }, i))
   ]
 }
 
+/** An RE2 set over some of the rules, with the rule index of each of its members. */
+interface Part { set: RE2Set, index: number[] }
+
+function part (rules: readonly CompiledRule[], indexes: number[]): Part | null {
+  if (indexes.length === 0) return null
+  const set = new RE2Set(RE2Set.UNANCHORED, RE2JS.CASE_INSENSITIVE)
+  for (const i of indexes) set.add((rules[i] as CompiledRule).source)
+  set.compile()
+  return { set, index: indexes }
+}
+
 export class RuleSet {
-  readonly #set: RE2Set | null
+  /** Rules with a screen: their automaton runs only on text the screen matches. */
+  readonly #screened: Part | null
+  readonly #screen: RegExp | null
+  /** Rules without one: their automaton runs on every text. */
+  readonly #always: Part | null
   readonly #sources: string[]
   readonly #ids: string[]
   readonly #single = new Map<number, RE2JS>()
@@ -88,14 +133,13 @@ export class RuleSet {
     const rules = compileRules(phrases, patterns)
     this.#sources = rules.map((r) => r.source)
     this.#ids = rules.map((r) => r.id)
-    if (rules.length === 0) {
-      this.#set = null
-      return
-    }
-    const set = new RE2Set(RE2Set.UNANCHORED, RE2JS.CASE_INSENSITIVE)
-    for (const s of this.#sources) set.add(s)
-    set.compile()
-    this.#set = set
+    const all = rules.map((_, i) => i)
+    const screened = all.filter((i) => rules[i]?.screen !== null)
+    this.#screened = part(rules, screened)
+    // Many rules share a word ("ignore ... instructions"): each alternative once.
+    const alternatives = new Set(screened.flatMap((i) => rules[i]?.screen as string[]))
+    this.#screen = screened.length === 0 ? null : new RegExp([...alternatives].join('|'))
+    this.#always = part(rules, all.filter((i) => rules[i]?.screen === null))
   }
 
   get size (): number {
@@ -109,13 +153,25 @@ export class RuleSet {
    */
   warm (): void {
     const sample = 'The quick brown fox, 42 times! Пожалуйста, быстро. 東京の天気 날씨 Ελληνικά العربية हिन्दी\n'
-    this.first(normalise(sample.repeat(256)))
+    const text = normalise(sample.repeat(256))
+    this.#screen?.test(text)
+    for (const p of [this.#always, this.#screened]) p?.set.match(text)
   }
 
-  /** The first rule (in configuration order) that matches normalised text, if any. One linear pass. */
+  /** How many rules run on every text because no screen is known for them (for the start-up log). */
+  get unscreened (): number {
+    return this.#always?.index.length ?? 0
+  }
+
+  /**
+   * The first rule (in configuration order) that matches normalised text, if any: the screen, then the
+   * automaton over the rules it lets through (linear passes, never backtracking).
+   */
   first (text: string): RuleMatch | null {
-    if (this.#set === null) return null
-    const hits = this.#set.match(text)
+    const hits: number[] = []
+    for (const p of [this.#always, this.#screen?.test(text) === true ? this.#screened : null]) {
+      if (p !== null) for (const h of p.set.match(text)) hits.push(p.index[h] as number)
+    }
     if (hits.length === 0) return null
     const index = Math.min(...hits)
     return { id: this.#ids[index] as string, index }

@@ -1,8 +1,10 @@
+import { isUtf8 } from 'node:buffer'
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import sjson from 'secure-json-parse'
 import { proxyError } from '../errors.js'
-import { exceedsDepth } from '../lib/json-depth.js'
+import { scanJson } from '../lib/json-scan.js'
+import { decorateAnalysis } from '../lib/request-analysis.js'
 
 export interface JsonBodyOptions {
   /** Largest body in bytes; larger bodies get 413 while streaming in, never buffered whole. */
@@ -13,34 +15,44 @@ export interface JsonBodyOptions {
 
 /**
  * The only body parser inside the proxy scope: JSON in UTF-8. Every other media type gets 415, so no body
- * ever reaches upstream without being parsed, checked and re-serialised. `__proto__` and
- * `constructor.prototype` keys are errors, not silently dropped, so what we check is what we send.
+ * ever reaches upstream without being parsed and checked. The body is read as bytes and scanned once
+ * (lib/json-scan.ts: depth, duplicate keys, top-level members) so the forwarder can send the client's own
+ * bytes when they mean what was checked. `__proto__` and `constructor.prototype` keys are errors, not
+ * silently dropped, so what we check is what we send; bytes that are not UTF-8 are refused rather than
+ * replaced, so upstream cannot decode text the filter never saw.
  */
 const jsonBody: FastifyPluginAsync<JsonBodyOptions> = async (app, opts) => {
+  decorateAnalysis(app)
   app.removeAllContentTypeParsers()
-  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: opts.bodyLimit }, (request: FastifyRequest, body: string | Buffer, done) => {
+  app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: opts.bodyLimit }, (request: FastifyRequest, body: string | Buffer, done) => {
     // Fastify picked this parser by the content-type header, so it is there.
     const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(request.headers['content-type'] as string)?.[1]?.toLowerCase()
     if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') {
       done(proxyError('UNSUPPORTED_MEDIA_TYPE'), undefined)
       return
     }
-    const text = body.toString()
-    if (text.trim().length === 0) {
+    const bytes = body as Buffer
+    const scan = scanJson(bytes, opts.maxJsonDepth)
+    if (scan.blank) {
       done(proxyError('EMPTY_BODY'), undefined)
       return
     }
-    if (exceedsDepth(text, opts.maxJsonDepth)) {
+    if (scan.tooDeep) {
       done(proxyError('TOO_DEEP', [opts.maxJsonDepth]), undefined)
+      return
+    }
+    if (!isUtf8(bytes)) {
+      done(proxyError('INVALID_ENCODING'), undefined)
       return
     }
     let value: unknown
     try {
-      value = sjson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
+      value = sjson.parse(bytes.toString('utf8'), undefined, { protoAction: 'error', constructorAction: 'error' })
     } catch (err) {
       done(proxyError(/prototype property/.test((err as Error).message) ? 'FORBIDDEN_KEY' : 'INVALID_JSON'), undefined)
       return
     }
+    request.oaiProxyRawBody = { bytes, scan }
     done(null, value)
   })
 }

@@ -4,7 +4,7 @@ import { proxyError } from '../errors.js'
 import { countScript, RuleError, RuleSet, scriptMatcher, scriptOf, type RuleMatch } from '../lib/filter-rules.js'
 import { ModerationClient } from '../lib/moderation.js'
 import { Cooperative, normaliseLong } from '../lib/normalise.js'
-import { scanPrompt, topField, type PromptSegment } from '../lib/prompt-text.js'
+import { analysisOf, decorateAnalysis, topField, type PromptSegment } from '../lib/request-analysis.js'
 import { refusalReply } from '../lib/refusal-reply.js'
 import { endpoints as allEndpoints, type EndpointDefinition } from '../schemas/endpoints.js'
 import type { PromptFilterConfig } from '../schemas/prompt-filter.js'
@@ -119,15 +119,15 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
     return reply.code(200).header('content-type', fake.contentType).send(fake.body)
   }
 
+  decorateAnalysis(app)
   app.addHook('preHandler', async (request, reply) => {
-    const endpoint = request.routeOptions.config.oaiProxyEndpoint
-    if (endpoint === undefined || endpoint.prompt === null) return
-    const fields = endpoint.prompt
-    if (fields.optIn === true && !s.optIn.has(endpoint.id)) return
+    const scan = analysisOf(request)
+    if (scan === null) return
+    const endpoint = scan.endpoint
+    if (endpoint.prompt === null || (endpoint.prompt.optIn === true && !s.optIn.has(endpoint.id))) return
 
-    const scan = scanPrompt(request.body, fields)
-    if (scan.tokens !== null && s.readsText) {
-      const param = topField(scan.tokens)
+    if (scan.tokenIds !== null && s.readsText) {
+      const param = topField(scan.tokenIds)
       request.log.info({ rule: 'token_ids', param, endpoint: endpoint.id }, 'oai-proxy: prompt refused')
       throw proxyError('TOKEN_IDS_NOT_ALLOWED', [param], { param })
     }

@@ -3,8 +3,9 @@ import { firstError } from '../lib/validator.js'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError, type ProxyErrorName } from '../errors.js'
-import { anyGlob, findStoredReference } from '../lib/policy-rules.js'
-import type { EndpointDefinition } from '../schemas/endpoints.js'
+import { anyGlob } from '../lib/policy-rules.js'
+import { analysisOf, decorateAnalysis, type RequestAnalysis } from '../lib/request-analysis.js'
+import { deleteField, setField } from '../lib/request-body.js'
 import { RequestPolicyOptionsSchema, type RequestPolicyConfig, type StoredStateFeature } from '../schemas/request-policy.js'
 
 export interface RequestPolicyOptions extends RequestPolicyConfig {}
@@ -54,7 +55,7 @@ const requestPolicy: FastifyPluginAsync<RequestPolicyOptions> = async (app, opts
     return { ...(body as Body), object: 'list', data: Array.isArray(data) ? data.filter((m: { id?: unknown } | null) => modelAllowed(m?.id)) : [] }
   }
 
-  function storedState (request: FastifyRequest, body: Body): void {
+  function storedState (request: FastifyRequest, body: Body, analysis: RequestAnalysis): void {
     const stateful: Array<[StoredStateFeature, string, boolean]> = [
       ['previous_response_id', 'previous_response_id', body.previous_response_id !== undefined && body.previous_response_id !== null],
       ['conversation', 'conversation', body.conversation !== undefined && body.conversation !== null],
@@ -64,9 +65,8 @@ const requestPolicy: FastifyPluginAsync<RequestPolicyOptions> = async (app, opts
     for (const [feature, param, used] of stateful) {
       if (used && !allowed.has(feature)) throw refuse(request, 'PARAM_NOT_ALLOWED', [param, `stored_state:${feature}`], param, `stored_state:${feature}`)
     }
-    if (allowed.has('file_id') && allowed.has('item_reference')) return
-    const ref = findStoredReference(body)
-    if (ref !== null && !allowed.has(ref.feature)) throw refuse(request, 'PARAM_NOT_ALLOWED', [ref.param, `stored_state:${ref.feature}`], ref.param, `stored_state:${ref.feature}`)
+    const ref = analysis.storedRefs.find((r) => !allowed.has(r.feature))
+    if (ref !== undefined) throw refuse(request, 'PARAM_NOT_ALLOWED', [ref.param, `stored_state:${ref.feature}`], ref.param, `stored_state:${ref.feature}`)
   }
 
   function hostedTools (request: FastifyRequest, body: Body): void {
@@ -86,7 +86,8 @@ const requestPolicy: FastifyPluginAsync<RequestPolicyOptions> = async (app, opts
     }
   }
 
-  function clamp (request: FastifyRequest, body: Body, endpoint: EndpointDefinition): void {
+  function clamp (request: FastifyRequest, body: Body, analysis: RequestAnalysis): void {
+    const endpoint = analysis.endpoint
     if (maxOutput !== undefined && endpoint.outputCapFields.length > 0) {
       let sent = false
       for (const field of endpoint.outputCapFields) {
@@ -94,38 +95,40 @@ const requestPolicy: FastifyPluginAsync<RequestPolicyOptions> = async (app, opts
         if (v === undefined || v === null) continue
         if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw refuse(request, 'INVALID_POLICY_VALUE', [field, 'a non-negative integer', 'max_output_tokens'], field, 'max_output_tokens')
         sent = true
-        if (v > maxOutput) body[field] = maxOutput
+        if (v > maxOutput) setField(analysis, field, maxOutput)
       }
       if (!sent) {
         // `null` means "the model's maximum" upstream: replace it, never send it beside the cap.
-        for (const field of endpoint.outputCapFields) delete body[field]
-        body[endpoint.outputCapFields[0] as string] = maxOutput
+        for (const field of endpoint.outputCapFields) if (Object.hasOwn(body, field)) deleteField(analysis, field)
+        setField(analysis, endpoint.outputCapFields[0] as string, maxOutput)
       }
     }
     for (const field of endpoint.choiceFields ?? []) {
       const v = body[field]
       if (v === undefined || v === null) continue
       if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw refuse(request, 'INVALID_POLICY_VALUE', [field, 'a positive integer', 'max_n'], field, 'max_n')
-      if (v > maxN) body[field] = maxN
+      if (v > maxN) setField(analysis, field, maxN)
     }
-    if (!allowed.has('store') && (endpoint.storeDefault === 'on' || (endpoint.storeDefault === 'off' && body.store !== undefined))) body.store = false
+    if (!allowed.has('store') && (endpoint.storeDefault === 'on' || (endpoint.storeDefault === 'off' && body.store !== undefined)) && body.store !== false) setField(analysis, 'store', false)
   }
 
+  decorateAnalysis(app)
   app.decorateRequest('oaiProxyRewriteResponse', null)
   app.addHook('preHandler', async (request) => {
-    const endpoint = request.routeOptions.config.oaiProxyEndpoint
-    if (endpoint === undefined) return
+    const analysis = analysisOf(request)
+    if (analysis === null) return
+    const endpoint = analysis.endpoint
     if (endpoint.model !== undefined && models !== undefined) {
-      const source = (endpoint.model.in === 'body' ? request.body : request.params) as Body | null
+      const source = (endpoint.model.in === 'body' ? analysis.body : request.params) as Body | null
       const id = source?.model
       if (!(id === undefined && !endpoint.model.required) && !modelAllowed(id)) throw refuse(request, 'MODEL_NOT_ALLOWED', [], 'model', 'allowed_models')
     }
     if (endpoint.rewritableResponse === 'model-list' && models !== undefined) request.oaiProxyRewriteResponse = listAllowed
-    const body = request.body
-    if (endpoint.method !== 'POST' || typeof body !== 'object' || body === null || Array.isArray(body)) return
-    storedState(request, body as Body)
-    hostedTools(request, body as Body)
-    clamp(request, body as Body, endpoint)
+    const body = analysis.body
+    if (endpoint.method !== 'POST' || body === null) return
+    storedState(request, body, analysis)
+    hostedTools(request, body)
+    clamp(request, body, analysis)
   })
 }
 

@@ -5,6 +5,8 @@ import { goDuration, retryHeaders } from '../lib/durations.js'
 import { onResponseClose } from '../lib/response-close.js'
 import { estimatePromptTokens, loadTokenizers, outputCap } from '../lib/tokens.js'
 import { limitKey } from './rate-limit.js'
+import { analysisOf, decorateAnalysis } from '../lib/request-analysis.js'
+import { setField } from '../lib/request-body.js'
 
 export interface TokenBudgetOptions {
   /** Tokens (prompt + output) each client may use per minute (`RATE_LIMIT_TPM`). 0 = no limit. */
@@ -44,6 +46,7 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
   const { store } = app.oaiProxyLimits
   if (opts.tokensPerMinute > 0) await loadTokenizers()
   app.decorateRequest('oaiProxyUsage', null)
+  decorateAnalysis(app)
 
   const onClose = (reply: FastifyReply, fn: () => Promise<void>) => {
     onResponseClose(reply.raw, () => { fn().catch((err: unknown) => reply.log.warn({ err }, 'oai-proxy: limit release failed')) })
@@ -58,9 +61,10 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
   }
 
   async function admitTokens (request: FastifyRequest, reply: FastifyReply, client: string): Promise<void> {
-    const endpoint = request.routeOptions.config.oaiProxyEndpoint
-    if (endpoint?.usage === undefined) return
-    const body = request.body as Record<string, unknown>
+    const analysis = analysisOf(request)
+    const endpoint = analysis?.endpoint
+    if (analysis === null || endpoint?.usage === undefined) return
+    const body = analysis.body as Record<string, unknown>
     /* c8 ignore next -- every metered endpoint in schemas/endpoints.ts has prompt fields */
     const fields = endpoint.prompt?.text ?? []
     const requested = estimatePromptTokens(body, fields) + outputCap(body, endpoint.outputCapFields, opts.defaultOutputTokens)
@@ -82,7 +86,7 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
     const streamOptions = body.stream_options as Record<string, unknown> | undefined
     if (body.stream === true && endpoint.usage === 'stream-option' && streamOptions?.include_usage !== true) {
       // We need the final usage chunk to settle; the client did not ask for it, so it will not see it.
-      body.stream_options = { ...streamOptions, include_usage: true }
+      setField(analysis, 'stream_options', { ...streamOptions, include_usage: true })
       usage.hideUsageChunk = true
     }
     request.oaiProxyUsage = usage

@@ -10,6 +10,8 @@ import { onResponseClose } from '../lib/response-close.js'
 import { errorCode, judgeUpstreamError, readCapped } from '../lib/upstream-errors.js'
 import { typeboxValidator } from '../lib/validator.js'
 import { upstreamPath, type EndpointDefinition } from '../schemas/endpoints.js'
+import { analysisOf, decorateAnalysis, planFor, type RequestAnalysis } from '../lib/request-analysis.js'
+import { upstreamBody } from '../lib/request-body.js'
 
 export interface ProxyRoutesOptions {
   /** The endpoint-table rows to serve (see `schemas/endpoints.ts`). */
@@ -65,10 +67,12 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
   const keys = app.oaiProxyKeys
 
   return async function forward (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-    const endpoint = request.routeOptions.config.oaiProxyEndpoint as EndpointDefinition
+    // Every proxy route carries its table row, so there is an analysis (made here if no step asked before).
+    const analysis = analysisOf(request) as RequestAnalysis
+    const endpoint = analysis.endpoint
     const path = basePath + upstreamPath(endpoint, request.params as Record<string, string>)
-    // Re-serialise: upstream receives exactly the values we validated (duplicate keys resolved, no raw bytes).
-    const body = endpoint.method === 'POST' ? JSON.stringify(request.body) : undefined
+    // What was validated and filtered: the client's bytes where they mean exactly that (lib/request-body.ts).
+    const body = endpoint.method === 'POST' ? upstreamBody(analysis, request.oaiProxyRawBody ?? null) : undefined
 
     // A client that goes away aborts the upstream call, before or after its headers arrive.
     const abort = new AbortController()
@@ -146,8 +150,11 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
 /** The allowlisted routes, generated from the endpoint table. Nothing else in the suite talks to upstream. */
 const proxyRoutes: FastifyPluginAsync<ProxyRoutesOptions> = async (app, opts) => {
   app.setValidatorCompiler(typeboxValidator)
+  decorateAnalysis(app)
   const handler = forwarder(app, opts)
   for (const endpoint of opts.endpoints) {
+    // Per-endpoint work is done here, once, not per request.
+    planFor(endpoint)
     for (const prefix of opts.unprefixedRoutes ? ['/v1', ''] : ['/v1']) {
       app.route({
         method: endpoint.method,

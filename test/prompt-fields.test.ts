@@ -1,8 +1,14 @@
 import { readFileSync } from 'node:fs'
 import type { TObject } from '@sinclair/typebox'
 import t from 'tap'
-import { scanPrompt } from '../lib/prompt-text.js'
-import { endpoints } from '../schemas/endpoints.js'
+import { analyse } from '../lib/request-analysis.js'
+import { endpoints, type PromptFields } from '../schemas/endpoints.js'
+
+/** The analysis of `body` for an endpoint whose prompt lives in `fields`. */
+const scanPrompt = (body: unknown, fields: PromptFields) => {
+  const a = analyse({ ...(endpoints[0] as (typeof endpoints)[number]), prompt: fields }, body)
+  return { segments: a.segments, media: a.media, tokens: a.tokenIds }
+}
 
 /*
  * Threat F01: the filter's field coverage is table data, and this test fails when an endpoint, or a field of

@@ -2,7 +2,8 @@ import Fastify from 'fastify'
 import OpenAI from 'openai'
 import t from 'tap'
 import oaiProxy from '../app.js'
-import { findStoredReference, globMatch } from '../lib/policy-rules.js'
+import { globMatch } from '../lib/policy-rules.js'
+import { analyse } from '../lib/request-analysis.js'
 import keyInjection from '../plugins/key-injection.js'
 import promptFilter from '../plugins/prompt-filter.js'
 import requestPolicy from '../plugins/request-policy.js'
@@ -165,6 +166,13 @@ proxyTest(t, "threat B09: parameters that read the key owner's stored data are r
   t.equal((await post(h, '/v1/responses', responsesBody({ background: false, previous_response_id: null }))).statusCode, 200, 'explicit "no" is fine')
 })
 
+proxyTest(t, 'a reference of a refused kind is caught after one of an allowed kind', { proxy: { policy: { allowStoredState: ['file_id'] } } }, async (h, t) => {
+  const res = await h.app.inject({ method: 'POST', url: '/v1/responses', headers: h.auth, payload: responsesBody({ input: [{ role: 'user', content: [{ type: 'input_file', file_id: 'file-abc' }] }, { type: 'item_reference', id: 'msg_1' }] }) })
+  t.equal(res.statusCode, 403)
+  t.match(res.json(), { error: { code: 'parameter_not_allowed', param: 'input[1].type' } })
+  t.equal(h.upstream.requests.length, 0)
+})
+
 proxyTest(t, 'stored-data features pass when explicitly enabled', { proxy: { policy: { allowStoredState: ['store', 'previous_response_id', 'conversation', 'prompt', 'background', 'file_id', 'item_reference'] } } }, async (h, t) => {
   for (const [, url, body] of STORED) t.equal((await post(h, url, body)).statusCode, 200)
   await post(h, '/v1/responses', responsesBody())
@@ -273,10 +281,16 @@ t.test('globs match in linear time and only where they should', async (t) => {
   t.ok(performance.now() - started < 20, 'no backtracking blow-up')
 })
 
-t.test('the stored-data walk is iterative and finds references at any depth', async (t) => {
+t.test('the stored-data walk is iterative and finds references at any depth, one of each kind', async (t) => {
+  const responses = endpoints.find((e) => e.id === 'responses') as (typeof endpoints)[number]
+  const refs = (body: unknown) => analyse(responses, body).storedRefs
   let deep: unknown = { file_id: 'file-1' }
   for (let i = 0; i < 10_000; i++) deep = [deep]
-  t.throws(() => findStoredReference(deep), /nested too deeply/, 'fails closed past the body depth cap')
-  t.match(findStoredReference({ tools: [{ type: 'code_interpreter', container: { file_ids: ['file-1'] } }] }), { param: 'tools[0].container.file_ids' })
-  t.equal(findStoredReference({ file_ids: [] }), null)
+  t.throws(() => refs({ metadata: deep }), /nested too deeply/, 'fails closed past the body depth cap')
+  t.strictSame(refs({ tools: [{ type: 'code_interpreter', container: { file_ids: ['file-1'] } }] }), [{ feature: 'file_id', param: 'tools[0].container.file_ids' }])
+  t.strictSame(refs({ file_ids: [] }), [])
+  t.strictSame(refs({ file_id: 'file-0', input: [{ type: 'input_file', file_id: 'file-1' }, { type: 'item_reference', id: 'msg_1' }] }), [
+    { feature: 'file_id', param: 'file_id' },
+    { feature: 'item_reference', param: 'input[1].type' }
+  ], 'a reference of another kind after the first is still seen')
 })

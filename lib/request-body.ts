@@ -1,0 +1,56 @@
+import type { JsonScan } from './json-scan.js'
+import type { RequestAnalysis } from './request-analysis.js'
+
+/*
+ * The bytes upstream receives. They must mean exactly what was validated and filtered, and cost as little as
+ * possible: when the parsed body holds as many members as the text (no duplicate key, see json-scan.ts), the
+ * client's own bytes already mean that, integers beyond 2^53 included, so they go as they are; top-level
+ * fields the pipeline changed (output caps, `store`, `stream_options`) are spliced in as new members. Only a
+ * body with a duplicate key is re-serialised, so upstream sees the value that was checked (the last one),
+ * whatever its own parser would pick; json-body.ts refuses such a body when it also holds a number a
+ * double cannot carry exactly.
+ */
+
+export interface RawBody {
+  bytes: Buffer
+  scan: JsonScan
+}
+
+/** The parsed body repeats a key somewhere (JSON.parse kept the last value). */
+export const hasDuplicateKeys = (analysis: RequestAnalysis, raw: RawBody): boolean => analysis.members !== raw.scan.members
+
+/** Set a top-level field of the body we forward. */
+export function setField (analysis: RequestAnalysis, key: string, value: unknown): void {
+  (analysis.body as Record<string, unknown>)[key] = value
+  analysis.patched.add(key)
+}
+
+/** Remove a top-level field from the body we forward. */
+export function deleteField (analysis: RequestAnalysis, key: string): void {
+  delete (analysis.body as Record<string, unknown>)[key]
+  analysis.patched.add(key)
+}
+
+const OPEN = Buffer.from('{')
+const COMMA = Buffer.from(',')
+const CLOSE = Buffer.from('}')
+
+/** The body to send upstream: the client's bytes when they can be shown to mean the checked value. */
+export function upstreamBody (analysis: RequestAnalysis, raw: RawBody | null): Buffer | string {
+  const body = analysis.body
+  if (raw === null || hasDuplicateKeys(analysis, raw)) return JSON.stringify(body)
+  if (analysis.patched.size === 0) return raw.bytes
+  const parts: Buffer[] = []
+  for (const m of raw.scan.top) {
+    const key = JSON.parse(raw.bytes.toString('utf8', m.start, m.keyEnd)) as string
+    if (!analysis.patched.has(key)) parts.push(raw.bytes.subarray(m.start, m.end))
+  }
+  for (const key of analysis.patched) {
+    const value = (body as Record<string, unknown>)[key]
+    if (value !== undefined) parts.push(Buffer.from(`${JSON.stringify(key)}:${JSON.stringify(value)}`))
+  }
+  const pieces: Buffer[] = [OPEN]
+  parts.forEach((p, i) => pieces.push(...(i === 0 ? [p] : [COMMA, p])))
+  pieces.push(CLOSE)
+  return Buffer.concat(pieces)
+}
