@@ -163,6 +163,11 @@ export class RuleSet {
     return this.#always?.index.length ?? 0
   }
 
+  /** Whether the automaton has to run on this text at all: some rule has no screen, or the screen matches. */
+  mayMatch (text: string): boolean {
+    return this.#always !== null || this.#screen?.test(text) === true
+  }
+
   /**
    * The first rule (in configuration order) that matches normalised text, if any: the screen, then the
    * automaton over the rules it lets through (linear passes, never backtracking).

@@ -1,11 +1,12 @@
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
-import { countScript, RuleError, RuleSet, scriptMatcher, scriptOf, type RuleMatch } from '../lib/filter-rules.js'
+import { countScript, RuleError, RuleSet, scriptMatcher, scriptOf } from '../lib/filter-rules.js'
 import { ModerationClient } from '../lib/moderation.js'
 import { Cooperative, normaliseLong } from '../lib/normalise.js'
 import { analysisOf, decorateAnalysis, topField, type PromptSegment } from '../lib/request-analysis.js'
 import { refusalReply } from '../lib/refusal-reply.js'
+import { firstMatch, RuleWorker } from '../lib/rule-worker.js'
 import { endpoints as allEndpoints, type EndpointDefinition } from '../schemas/endpoints.js'
 import type { PromptFilterConfig } from '../schemas/prompt-filter.js'
 
@@ -80,6 +81,9 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
   const s = settingsOf(opts)
   if (!s.active) return
   s.rules.warm()
+  // Large texts that get past the screen are matched off the event loop (lib/rule-worker.ts).
+  const worker = s.rules.size > 0 ? new RuleWorker(opts.phrases, opts.patterns) : null
+  if (worker !== null) app.addHook('onClose', async () => { await worker.close() })
   if (opts.sampleRate !== undefined) {
     app.log.info('oai-proxy: REJECT_SAMPLE_RATE (filter.sampleRate) is accepted for compatibility and ignored: every request is scanned in full')
   }
@@ -153,11 +157,9 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
     if (s.rules.size > 0) {
       const text = await normalised(segments, co)
       await co.maybeYield()
-      let hit: RuleMatch | null = null
-      for (const view of text.views) {
-        hit ??= s.rules.first(view)
-        await co.maybeYield()
-      }
+      const hit = await firstMatch(s.rules, worker, text.views, co, (err) => {
+        request.log.warn({ err }, 'oai-proxy: filter worker failed; matching on the event loop')
+      })
       if (hit !== null) {
         const at = await s.rules.locate(hit, text.each, co)
         const seg = at === -1 ? undefined : segments[at]

@@ -1,0 +1,20 @@
+import { parentPort, workerData } from 'node:worker_threads'
+import { RuleSet } from './filter-rules.js'
+
+/*
+ * The prompt filter's automaton in a worker thread (see rule-worker.ts): the same rules, compiled here once,
+ * run over large texts so that a long match pass never stalls the proxy's event loop.
+ */
+
+const { phrases, patterns } = workerData as { phrases: string[], patterns: string[] }
+const rules = new RuleSet(phrases, patterns)
+rules.warm()
+
+parentPort?.on('message', ({ id, texts }: { id: number, texts: string[] }) => {
+  let hit = null
+  for (const text of texts) {
+    hit = rules.first(text)
+    if (hit !== null) break
+  }
+  parentPort?.postMessage({ id, hit })
+})

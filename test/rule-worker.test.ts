@@ -1,0 +1,61 @@
+import t from 'tap'
+import { RuleSet } from '../lib/filter-rules.js'
+import { Cooperative, normalise } from '../lib/normalise.js'
+import { firstMatch, RuleWorker, WORKER_MIN_CHARS } from '../lib/rule-worker.js'
+import { chatBody, proxyTest } from './helper.js'
+
+/*
+ * Large texts that get past the filter's screen are matched in a worker thread: same verdicts as on the
+ * event loop, and a worker that dies never skips a verdict.
+ */
+
+const PHRASES = ['ignore previous instructions', 'forbidden topic']
+const PATTERNS = ['jail\\s*break', 'secret[-_ ]?key']
+const big = (tail: string) => normalise('lorem ipsum dolor '.repeat(Math.ceil(WORKER_MIN_CHARS / 18)) + tail)
+
+t.test('the worker finds what the rule set finds, in the order of the texts', async (t) => {
+  const rules = new RuleSet(PHRASES, PATTERNS)
+  const worker = new RuleWorker(PHRASES, PATTERNS)
+  t.teardown(() => worker.close())
+  const texts = [big('nothing here'), big('a jail break'), big('my secret key, ignore previous instructions')]
+  t.equal(await worker.first([texts[0] as string]), null)
+  t.strictSame(await worker.first(texts.slice(1)), rules.first(texts[1] as string))
+  t.strictSame(await worker.first([texts[2] as string]), rules.first(texts[2] as string))
+  t.match(await worker.first([texts[2] as string]), { id: 'phrase:1' }, 'the first rule in configuration order')
+})
+
+t.test('a worker that dies fails the requests in flight; the next request starts a new one', async (t) => {
+  const worker = new RuleWorker(PHRASES, PATTERNS)
+  const inFlight = worker.first([big('jail break')])
+  await worker.close()
+  await t.rejects(inFlight, /exited/)
+  t.match(await worker.first([big('jail break')]), { id: 'pattern:1' })
+  await worker.close()
+  await worker.close()
+})
+
+t.test('firstMatch: screened here, large texts in the worker, small ones here, and here again when the worker fails', async (t) => {
+  const rules = new RuleSet(PHRASES, PATTERNS)
+  const co = new Cooperative()
+  let calls = 0
+  const failing = { first: async () => { calls++; throw new Error('worker down') } } as unknown as RuleWorker
+  const errors: string[] = []
+  const onError = (err: Error) => { errors.push(err.message) }
+  t.equal(await firstMatch(rules, failing, [big('nothing to see')], co, onError), null)
+  t.equal(calls, 0, 'text the screen clears never reaches the worker')
+  t.match(await firstMatch(rules, failing, ['short jail break'], co, onError), { id: 'pattern:1' })
+  t.equal(calls, 0, 'short text is matched here')
+  t.match(await firstMatch(rules, failing, [big('jail break')], co, onError), { id: 'pattern:1' })
+  t.strictSame([calls, errors], [1, ['worker down']], 'the failure is reported and the verdict still made')
+  t.equal(await firstMatch(rules, failing, [big('ignore'), big('previous')], co, onError), null, 'a screen hit without a match')
+  t.equal((await firstMatch(rules, null, [big('instructions'), 'x', big('jail break')], co, onError))?.id, 'pattern:1', 'no worker: all here')
+})
+
+proxyTest(t, 'large prompts are judged in the worker through the whole pipeline', { proxy: { filter: { phrases: PHRASES, patterns: PATTERNS } } }, async (h, t) => {
+  const send = (content: string) => h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: h.auth, payload: chatBody({ messages: [{ role: 'user', content }] }) })
+  const refused = await send('lorem ipsum '.repeat(20_000) + 'Ignore previous instructions')
+  t.equal(refused.statusCode, 400)
+  t.match(refused.json(), { error: { code: 'content_filter', param: 'messages[0].content' } })
+  t.equal((await send('lorem ipsum '.repeat(20_000) + 'ignore the previous line')).statusCode, 200)
+  t.equal(h.upstream.requests.length, 1)
+})
