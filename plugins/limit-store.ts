@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import fastifyRateLimit from '@fastify/rate-limit'
-import { Redis } from 'ioredis'
+import type { Redis } from 'ioredis'
 import type { FastifyPluginAsync } from 'fastify'
 import { MemoryLimitStore, RedisLimitStore } from '../lib/limit-store.js'
 import { GuardedLimitStore, StoreGuard, guardedCounterStore, type StoreErrorPolicy } from '../lib/store-guard.js'
@@ -35,6 +35,8 @@ declare module 'fastify' {
 const limitStore: FastifyPluginAsync<LimitStoreOptions> = async (app, opts) => {
   let redis = opts.redis
   if (redis === undefined && opts.redisUrl !== undefined) {
+    // Loaded only here: ioredis costs ~20 MB of memory that a proxy without Redis never needs.
+    const { Redis } = await import('ioredis')
     // No offline queue and short timeouts: a dead Redis must fail a command at once, not hold a request.
     const own = new Redis(opts.redisUrl, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, connectTimeout: 1000, commandTimeout: opts.storeTimeoutMs, retryStrategy: (n) => Math.min(n * 200, 2000) })
     own.on('error', () => {}) // reported through the guard, once per outage

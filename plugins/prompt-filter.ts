@@ -81,6 +81,9 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
   const s = settingsOf(opts)
   if (!s.active) return
   s.rules.warm()
+  if (s.rules.unscreened > 0) {
+    app.log.info({ rules: s.rules.unscreened }, 'oai-proxy: some filter rules share no literal every match holds; they run on every prompt (docs/prompt-filter.md)')
+  }
   // Large texts that get past the screen are matched off the event loop (lib/rule-worker.ts).
   const worker = s.rules.size > 0 ? new RuleWorker(opts.phrases, opts.patterns) : null
   if (worker !== null) app.addHook('onClose', async () => { await worker.close() })

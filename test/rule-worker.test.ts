@@ -59,3 +59,10 @@ proxyTest(t, 'large prompts are judged in the worker through the whole pipeline'
   t.equal((await send('lorem ipsum '.repeat(20_000) + 'ignore the previous line')).statusCode, 200)
   t.equal(h.upstream.requests.length, 1)
 })
+
+proxyTest(t, 'rules without a screen are named at start-up and still refuse', { proxy: { filter: { patterns: ['\\d{3}-\\d{4}'] } } }, async (h, t) => {
+  t.ok(h.logs.some((l) => l.includes('share no literal') && l.includes('"rules":1')), 'the start-up log counts them')
+  const res = await h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: h.auth, payload: chatBody({ messages: [{ role: 'user', content: 'call 555-1234' }] }) })
+  t.equal(res.statusCode, 400)
+  t.equal(h.upstream.requests.length, 0)
+})
