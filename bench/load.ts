@@ -11,7 +11,8 @@ import { Pool } from 'undici'
 export const PATH = '/v1/chat/completions'
 
 export interface Target {
-  name: 'proxy' | 'direct'
+  /** A label (floor, defaults, all, direct, or a scenario's own). */
+  name: string
   origin: string
   headers: Record<string, string>
   pool: Pool

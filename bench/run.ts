@@ -1,16 +1,26 @@
 import { randomBytes } from 'node:crypto'
-import { cpus, loadavg, platform } from 'node:os'
-import { limitsTable, runLimitsScenario } from './limits-scenario.js'
-import { filterTable, runFilterScenario } from './filter-scenario.js'
+import { loadavg } from 'node:os'
+import { performance } from 'node:perf_hooks'
 import { startChild, type Child } from './children.js'
+import { ALL_FEATURES } from './features.js'
+import { filterTable, runFilterScenario } from './filter-scenario.js'
+import { limitsTable, runLimitsScenario } from './limits-scenario.js'
 import { newPool, newTally, runCount, runFor, sseBurst, type Burst, type Tally, type Target } from './load.js'
-import { showTcp, tcpCounters, tcpDelta } from './netstat.js'
-import { fmt, mb, round, signed, summarize, table } from './stats.js'
+import { busiest, machine, showBusy } from './machine.js'
+import { showTcp, tcpCounters, tcpDelta, type TcpCounters } from './netstat.js'
+import type { LoopDelay, ProbeStats } from './probe.js'
+import { fmt, mb, round, summarize, table } from './stats.js'
 
 /*
- * `npm run bench`: the proxy vs the fake upstream directly, side by side in one run. Three processes: the
- * fake upstream (fake-child), the proxy (proxy-child, whose RSS we sample) and this load generator. Proxy
- * and direct runs alternate in rounds, so drift on a noisy machine hits both sides alike.
+ * `npm run bench`: three proxies and the fake upstream directly, side by side in one run.
+ * - direct:   the load generator straight to the fake upstream (the reference row);
+ * - floor:    bare Fastify 5 + @fastify/http-proxy, no features (floor-child);
+ * - defaults: this project with default options (proxy-child);
+ * - all:      this project with every feature on (proxy-child with ALL_FEATURES).
+ * Each proxy and the fake run in processes of their own; this process only generates load. Within a
+ * scenario the targets take turns in rounds (the order rotating each round), so drift on a noisy machine
+ * hits all of them alike. BENCH_ONLY=floor,all runs a subset (direct is always included); BENCH_EXTRA=1
+ * adds the rate-limit and prompt-filter scenarios (limits-scenario, filter-scenario).
  */
 
 const envInt = (name: string, fallback: number): number => {
@@ -21,45 +31,75 @@ const envInt = (name: string, fallback: number): number => {
 // At 10 ms (100k frames/s) this 2-core machine saturates even without the proxy (the fake's accept queue
 // overflows and the streams of the burst no longer overlap), which measures the machine, not the proxy.
 const CHUNK_DELAY_MS = envInt('BENCH_CHUNK_DELAY_MS', 25)
-// The proxy's listen backlog: 4096, as server.ts listens, unless BENCH_PROXY_BACKLOG is set.
+// The proxies' listen backlog: 4096, as server.ts listens, unless BENCH_PROXY_BACKLOG is set.
 const PROXY_BACKLOG = envInt('BENCH_PROXY_BACKLOG', 4096)
-const LATENCY = { rounds: 6, perRound: 500 }
+const SMALL_BYTES = 1024
+const LATENCY = { rounds: 4, perRound: 400 }
 const RPS = { concurrency: 64, rounds: 3, ms: 2000 }
 const BIG = { concurrency: 16, rounds: 3, ms: 2000, bytes: 256 * 1024 }
-const SSE = { streams: envInt('BENCH_SSE_STREAMS', 1000), timeoutMs: 30_000 }
+// Two bursts per target (the order reversed for the second): one burst's TTFB tail is noisy on 2 cores.
+const SSE = { streams: envInt('BENCH_SSE_STREAMS', 1000), rounds: envInt('BENCH_SSE_ROUNDS', 2), timeoutMs: 30_000 }
+const SETTLE_MS = 2000
+const EXTRA = process.env.BENCH_EXTRA === '1'
+
+const PROXIES = ['floor', 'defaults', 'all'] as const
+type ProxyName = typeof PROXIES[number]
+
+/** BENCH_ONLY: a comma list of proxy targets; direct is always measured. */
+function selected (): ProxyName[] {
+  const raw = process.env.BENCH_ONLY ?? ''
+  const names = raw.split(',').map((s) => s.trim()).filter((s) => s !== '' && s !== 'direct')
+  if (names.length === 0) return raw.trim() === '' ? [...PROXIES] : []
+  const unknown = names.filter((n) => !(PROXIES as readonly string[]).includes(n))
+  if (unknown.length > 0) throw new Error(`BENCH_ONLY: unknown target ${unknown.join(', ')} (choose from ${PROXIES.join(', ')}; direct is always included)`)
+  return PROXIES.filter((p) => names.includes(p))
+}
 
 const log = (msg: string): void => { process.stderr.write(`# ${msg}\n`) }
 const pause = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-const json = (value: unknown): Buffer => Buffer.from(JSON.stringify(value))
 
-const smallBody = json({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello to the benchmark.' }] })
-const bigBody = (() => {
-  const base = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: '' }] }).length
-  return json({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'lorem ipsum '.repeat(Math.ceil(BIG.bytes / 12)).slice(0, BIG.bytes - base) }] })
-})()
+/** A chat completion request of exactly `bytes` bytes (the prompt padded with lorem ipsum). */
+function chatBody (bytes: number, extra: Record<string, unknown> = {}): Buffer {
+  const base = JSON.stringify({ model: 'gpt-4o-mini', ...extra, messages: [{ role: 'user', content: '' }] }).length
+  const content = 'Say hello to the benchmark. ' + 'lorem ipsum '.repeat(Math.ceil(bytes / 12))
+  return Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', ...extra, messages: [{ role: 'user', content: content.slice(0, Math.max(1, bytes - base)) }] }))
+}
+const smallBody = chatBody(SMALL_BYTES)
+const bigBody = chatBody(BIG.bytes)
 // The fake echoes up to 200 characters, one frame per word: 100 one-letter words give 110 frames, so a
 // stream lasts at least 110 x CHUNK_DELAY_MS and the streams of the burst overlap.
-const streamBody = json({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'a '.repeat(100).trim() }] })
+const streamBody = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'a '.repeat(100).trim() }] }))
 
-interface ProxyStats { rss: number, peak: number, phasePeak: number, cpu: NodeJS.CpuUsage }
+/** One target: where the load goes, and the child process to ask for RSS, CPU and loop delay (not for direct). */
+interface Side { name: string, target: Target, child?: Child }
+
 const cpuMicros = (a: NodeJS.CpuUsage, b: NodeJS.CpuUsage): number => (b.user - a.user) + (b.system - a.system)
+const rps = (t: Tally): number => t.ok / (t.elapsedMs / 1000)
 
-/** Alternate proxy/direct for `rounds`, swapping who goes first each round; count the proxy's CPU time. */
-async function alternate (proxy: Child, targets: readonly Target[], rounds: number, run: (t: Target, tally: Tally) => Promise<void>) {
-  const tallies = { proxy: newTally(), direct: newTally() }
-  let proxyCpu = 0
+interface Rounds { tally: Tally, cpuUs: number, delays: LoopDelay[] }
+
+/**
+ * `rounds` rounds in which every side takes one turn, the order rotating each round. Counts each proxy's
+ * CPU time during its own turns and, with `loopDelay`, its event-loop delay per turn.
+ */
+async function inRounds (sides: readonly Side[], rounds: number, run: (s: Side, tally: Tally) => Promise<void>, loopDelay = false): Promise<Map<string, Rounds>> {
+  const out = new Map(sides.map((s) => [s.name, { tally: newTally(), cpuUs: 0, delays: [] as LoopDelay[] }]))
   for (let r = 0; r < rounds; r++) {
-    for (const t of r % 2 === 0 ? targets : [...targets].reverse()) {
-      const before = t.name === 'proxy' ? await proxy.call<ProxyStats>('stats') : undefined
-      await run(t, tallies[t.name])
-      if (before !== undefined) proxyCpu += cpuMicros(before.cpu, (await proxy.call<ProxyStats>('stats')).cpu)
+    for (let i = 0; i < sides.length; i++) {
+      const s = sides[(i + r) % sides.length] as Side
+      const acc = out.get(s.name) as Rounds
+      if (loopDelay) await s.child?.call('delay')
+      const before = await s.child?.call<ProbeStats>('stats')
+      await run(s, acc.tally)
+      if (s.child !== undefined && before !== undefined) {
+        acc.cpuUs += cpuMicros(before.cpu, (await s.child.call<ProbeStats>('stats')).cpu)
+        if (loopDelay) acc.delays.push(await s.child.call<LoopDelay>('delay'))
+      }
       await pause(100)
     }
   }
-  return { ...tallies, proxyCpuPerReq: proxyCpu / Math.max(1, tallies.proxy.ok) }
+  return out
 }
-
-const rps = (t: Tally): number => t.ok / (t.elapsedMs / 1000)
 
 function burstSummary (b: Burst) {
   const ok = b.results.filter((r) => r.status === 200)
@@ -87,118 +127,253 @@ function burstSummary (b: Burst) {
   }
 }
 
+/** A markdown table, columns padded so that it also reads in a terminal. */
+function markdown (rows: readonly string[][]): string {
+  const widths: number[] = []
+  for (const row of rows) row.forEach((cell, i) => { widths[i] = Math.max(widths[i] ?? 3, cell.length) })
+  const line = (row: readonly string[]) => `| ${row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join(' | ')} |`
+  return [line(rows[0] ?? []), line(widths.map((w) => '-'.repeat(w))), ...rows.slice(1).map(line)].join('\n')
+}
+
+const sumErrors = (e: Record<string, number>): number => Object.values(e).reduce((a, b) => a + b, 0)
+const merge = (...all: Array<Record<string, number>>): Record<string, number> => {
+  const out: Record<string, number> = {}
+  for (const e of all) for (const [k, v] of Object.entries(e)) out[k] = (out[k] ?? 0) + v
+  return out
+}
+
 async function main (): Promise<void> {
-  // Other work on a small machine skews everything; print how busy it was.
-  const loadAtStart = loadavg()[0] ?? 0
+  const t0 = performance.now()
+  const proxies = selected()
+  const m = machine()
+  const busyStart = await busiest()
+  const started = new Date().toISOString()
+  const steps = EXTRA ? 6 : 4
+  process.stdout.write(`oai-reverse-proxy bench, ${started}\n` +
+    `machine: node ${m.node}, ${m.platform}, ${m.cpus} x ${m.cpuModel}; load average ${m.loadAvg.join(' / ')} (1 / 5 / 15 min) at start\n` +
+    `busiest other processes at start: ${showBusy(busyStart)}\n` +
+    `targets: direct${proxies.map((p) => `, ${p}`).join('')}; ${proxies.length + 2} processes on 127.0.0.1 (load generator, fake upstream, one per proxy); ` +
+    `SSE chunk delay ${CHUNK_DELAY_MS} ms; proxy listen backlog ${PROXY_BACKLOG}\n`)
+
   const proxyKey = `pk-bench-${randomBytes(16).toString('hex')}`
-  log(`starting the fake upstream (chunk delay ${CHUNK_DELAY_MS} ms) and the proxy in child processes`)
+  const json = { 'content-type': 'application/json' }
+  const directAuth = { ...json, authorization: `Bearer sk-bench-direct-${randomBytes(16).toString('hex')}` }
+  const projectAuth = { ...json, authorization: `Bearer ${proxyKey}` }
+
+  log(`starting the fake upstream (chunk delay ${CHUNK_DELAY_MS} ms) and ${proxies.join(', ') || 'no proxy'} in child processes`)
   const fake = await startChild('fake', './fake-child.js', { BENCH_CHUNK_DELAY_MS: String(CHUNK_DELAY_MS) })
-  let proxy: Child | undefined
-  const pools = { proxy: undefined as ReturnType<typeof newPool> | undefined, direct: undefined as ReturnType<typeof newPool> | undefined }
+  const sides: Side[] = [{ name: 'direct', target: { name: 'direct', origin: fake.url, headers: directAuth, pool: newPool(fake.url, RPS.concurrency) } }]
   try {
-    proxy = await startChild('proxy', './proxy-child.js', { BENCH_UPSTREAM_URL: fake.url, BENCH_PROXY_KEY: proxyKey, BENCH_PROXY_BACKLOG: String(PROXY_BACKLOG) })
-    const p = proxy
-    const headers = { 'content-type': 'application/json' }
-    pools.proxy = newPool(p.url, RPS.concurrency)
-    pools.direct = newPool(fake.url, RPS.concurrency)
-    const proxyT: Target = { name: 'proxy', origin: p.url, headers: { ...headers, authorization: `Bearer ${proxyKey}` }, pool: pools.proxy }
-    const directT: Target = { name: 'direct', origin: fake.url, headers: { ...headers, authorization: `Bearer sk-bench-direct-${randomBytes(16).toString('hex')}` }, pool: pools.direct }
-    const targets = [proxyT, directT] as const
-    const idle = await p.call<ProxyStats>('stats')
-
-    log('warming up both paths')
-    const warm = newTally()
-    for (const t of targets) {
-      await runFor(t, smallBody, 16, 1500, warm)
-      await runFor(t, bigBody, 4, 500, warm)
-      await sseBurst(t.origin, t.headers, streamBody, 50, SSE.timeoutMs)
+    const common = { BENCH_UPSTREAM_URL: fake.url, BENCH_PROXY_BACKLOG: String(PROXY_BACKLOG) }
+    for (const name of proxies) {
+      // --expose-gc: a full collection before each SSE burst (see below); nothing else calls gc().
+      const child = name === 'floor'
+        ? await startChild(name, './floor-child.js', common, 15_000, ['--expose-gc'])
+        : await startChild(name, './proxy-child.js', { ...common, BENCH_PROXY_KEY: proxyKey, BENCH_PROXY_OPTIONS: JSON.stringify(name === 'all' ? ALL_FEATURES : {}) }, 15_000, ['--expose-gc'])
+      sides.push({ name, child, target: { name, origin: child.url, headers: name === 'floor' ? directAuth : projectAuth, pool: newPool(child.url, RPS.concurrency) } })
     }
-    if (warm.ok === 0) throw new Error(`warm-up: no request succeeded (${JSON.stringify(warm.errors)})`)
-    const warmed = await p.call<ProxyStats>('stats')
+    const direct = sides[0] as Side
+    const proxySides = sides.filter((s) => s.child !== undefined)
+    const statsOf = async (cmd: 'stats' | 'mark') => new Map(await Promise.all(proxySides.map(async (s) => [s.name, await (s.child as Child).call<ProbeStats>(cmd)] as const)))
+    const idleStart = await statsOf('stats')
+    const get = <V>(map: Map<string, V>, name: string): V => map.get(name) as V
 
-    log(`1/6 latency at concurrency 1: ${LATENCY.rounds} x ${LATENCY.perRound} requests per path`)
-    const lat = await alternate(p, targets, LATENCY.rounds, (t, tally) => runCount(t, smallBody, LATENCY.perRound, tally))
-    log(`2/6 throughput at concurrency ${RPS.concurrency}: ${RPS.rounds} x ${RPS.ms} ms per path`)
-    const thr = await alternate(p, targets, RPS.rounds, (t, tally) => runFor(t, smallBody, RPS.concurrency, RPS.ms, tally))
-    log(`3/6 ${bigBody.length} byte bodies at concurrency ${BIG.concurrency}: ${BIG.rounds} x ${BIG.ms} ms per path`)
-    const big = await alternate(p, targets, BIG.rounds, (t, tally) => runFor(t, bigBody, BIG.concurrency, BIG.ms, tally))
-
-    log(`4/6 ${SSE.streams} concurrent SSE streams, direct then proxy`)
-    let tcp = tcpCounters()
-    const sseDirect = { ...burstSummary(await sseBurst(directT.origin, directT.headers, streamBody, SSE.streams, SSE.timeoutMs)), tcp: tcpDelta(tcp, tcpCounters()) }
-    await pause(500)
-    const sseStart = await p.call<ProxyStats>('mark')
-    tcp = tcpCounters()
-    const sseProxy = { ...burstSummary(await sseBurst(proxyT.origin, proxyT.headers, streamBody, SSE.streams, SSE.timeoutMs)), tcp: tcpDelta(tcp, tcpCounters()) }
-    await pause(200)
-    const afterSse = await p.call<ProxyStats>('stats')
-
-    const sseCpuPerStream = cpuMicros(sseStart.cpu, afterSse.cpu) / SSE.streams
-    const L = { proxy: summarize(lat.proxy.latencies), direct: summarize(lat.direct.latencies) }
-    const T = { proxy: summarize(thr.proxy.latencies), direct: summarize(thr.direct.latencies) }
-    const B = { proxy: summarize(big.proxy.latencies), direct: summarize(big.direct.latencies) }
-    const errors = {
-      proxy: { latency: lat.proxy.errors, rps: thr.proxy.errors, body256k: big.proxy.errors, sse: sseProxy.errors },
-      direct: { latency: lat.direct.errors, rps: thr.direct.errors, body256k: big.direct.errors, sse: sseDirect.errors }
+    log('warming up every target')
+    for (const s of sides) {
+      const warm = newTally()
+      await runFor(s.target, smallBody, 16, 1500, warm)
+      await runFor(s.target, bigBody, 4, 500, warm)
+      const sse = await sseBurst(s.target.origin, s.target.headers, streamBody, 50, SSE.timeoutMs)
+      if (warm.ok === 0 || sse.results.every((r) => !r.done)) throw new Error(`warm-up of ${s.name}: nothing succeeded (${JSON.stringify(merge(warm.errors, burstSummary(sse).errors))}); ${s.child?.logs.samples.join(' | ') ?? ''}`)
     }
-    const errorCount = (e: Record<string, Record<string, number>>): number => Object.values(e).reduce((n, m) => n + Object.values(m).reduce((a, b) => a + b, 0), 0)
+    const warmed = await statsOf('stats')
 
-    const rows = [
-      ['', 'proxy', 'direct', 'proxy vs direct'],
-      ['1. latency c=1, p50 ms', fmt(L.proxy.p50), fmt(L.direct.p50), `${signed(L.proxy.p50 - L.direct.p50)} ms`],
-      ['   latency c=1, p99 ms', fmt(L.proxy.p99), fmt(L.direct.p99), `${signed(L.proxy.p99 - L.direct.p99)} ms`],
-      [`2. req/s c=${RPS.concurrency}`, fmt(rps(thr.proxy)), fmt(rps(thr.direct)), `${fmt(rps(thr.proxy) / rps(thr.direct))}x`],
-      [`   c=${RPS.concurrency} p50 / p99 ms`, `${fmt(T.proxy.p50)} / ${fmt(T.proxy.p99)}`, `${fmt(T.direct.p50)} / ${fmt(T.direct.p99)}`, ''],
-      [`3. 256 KB body req/s c=${BIG.concurrency}`, fmt(rps(big.proxy)), fmt(rps(big.direct)), `${fmt(rps(big.proxy) / rps(big.direct))}x`],
-      ['   256 KB body p99 ms', fmt(B.proxy.p99), fmt(B.direct.p99), `${signed(B.proxy.p99 - B.direct.p99)} ms`],
-      [`4. ${SSE.streams} SSE: completed/started`, `${sseProxy.completed}/${sseProxy.started}`, `${sseDirect.completed}/${sseDirect.started}`, ''],
-      ['   ended with data: [DONE]', String(sseProxy.completed), String(sseDirect.completed), ''],
-      ['   frames per stream min-max', `${sseProxy.framesMin}-${sseProxy.framesMax}`, `${sseDirect.framesMin}-${sseDirect.framesMax}`, ''],
-      ['   peak open at once', String(sseProxy.peakOpen), String(sseDirect.peakOpen), ''],
-      ['   TTFB p50 ms', fmt(sseProxy.ttfbP50), fmt(sseDirect.ttfbP50), `${signed(sseProxy.ttfbP50 - sseDirect.ttfbP50)} ms`],
-      ['   TTFB p99 ms', fmt(sseProxy.ttfbP99), fmt(sseDirect.ttfbP99), `${signed(sseProxy.ttfbP99 - sseDirect.ttfbP99)} ms`],
-      ['   stream duration p50 / p99 ms', `${fmt(sseProxy.durationP50)} / ${fmt(sseProxy.durationP99)}`, `${fmt(sseDirect.durationP50)} / ${fmt(sseDirect.durationP99)}`, ''],
-      ['   burst wall time ms', fmt(sseProxy.wallMs), fmt(sseDirect.wallMs), ''],
-      ['   TCP listen overflows / SYN retries', showTcp(sseProxy.tcp), showTcp(sseDirect.tcp), '']
+    log(`1/${steps} ${smallBody.length} byte requests: latency at c=1 (${LATENCY.rounds} x ${LATENCY.perRound} per target), then c=${RPS.concurrency} (${RPS.rounds} x ${RPS.ms} ms per target)`)
+    const lat = await inRounds(sides, LATENCY.rounds, (s, tally) => runCount(s.target, smallBody, LATENCY.perRound, tally))
+    const thr = await inRounds(sides, RPS.rounds, (s, tally) => runFor(s.target, smallBody, RPS.concurrency, RPS.ms, tally))
+
+    log(`2/${steps} ${bigBody.length} byte bodies at c=${BIG.concurrency}: ${BIG.rounds} x ${BIG.ms} ms per target`)
+    const bigMark = await statsOf('mark')
+    await Promise.all(proxySides.map((s) => s.child?.call('loopOn')))
+    const big = await inRounds(sides, BIG.rounds, (s, tally) => runFor(s.target, bigBody, BIG.concurrency, BIG.ms, tally), true)
+    await Promise.all(proxySides.map((s) => s.child?.call('loopOff')))
+    const bigEnd = await statsOf('stats')
+
+    log(`3/${steps} ${SSE.streams} concurrent SSE streams, one target at a time, ${SSE.rounds} bursts per target`)
+    interface Mem { rssBefore: number, peakRss: number, bytesPerStream: number, cpuUs: number }
+    const bursts = new Map(sides.map((s) => [s.name, { bursts: [] as Burst[], tcp: [] as TcpCounters[], mem: [] as Mem[] }]))
+    for (let r = 0; r < SSE.rounds; r++) {
+      for (const s of r % 2 === 0 ? sides : [...sides].reverse()) {
+        const acc = get(bursts, s.name)
+        await pause(1000)
+        // A full GC first, so that the heap grown by the earlier phases (256 KB bodies) is not what the
+        // streams fill; RSS barely shrinks, so this narrows the bias rather than removing it.
+        await s.child?.call('gc')
+        const before = await s.child?.call<ProbeStats>('mark')
+        const tcp = tcpCounters()
+        const burst = await sseBurst(s.target.origin, s.target.headers, streamBody, SSE.streams, SSE.timeoutMs)
+        const after = await s.child?.call<ProbeStats>('stats')
+        acc.bursts.push(burst)
+        acc.tcp.push(tcpDelta(tcp, tcpCounters()))
+        if (before !== undefined && after !== undefined) {
+          acc.mem.push({ rssBefore: before.rss, peakRss: after.phasePeak, bytesPerStream: (after.phasePeak - before.rss) / Math.max(1, burst.peakOpen), cpuUs: cpuMicros(before.cpu, after.cpu) })
+        }
+      }
+    }
+    // The bursts of a target pooled: TTFB and duration percentiles over all their streams. Memory: the
+    // burst with the most bytes per open stream (a later burst reuses memory an earlier one grew).
+    const sse = new Map([...bursts].map(([name, acc]) => {
+      const pooled = burstSummary({ results: acc.bursts.flatMap((b) => b.results), peakOpen: Math.max(...acc.bursts.map((b) => b.peakOpen)), wallMs: Math.max(...acc.bursts.map((b) => b.wallMs)) })
+      const tcp: TcpCounters = {}
+      for (const d of acc.tcp) for (const [k, v] of Object.entries(d) as Array<[keyof TcpCounters, number]>) tcp[k] = (tcp[k] ?? 0) + v
+      const mem = acc.mem.reduce<Mem | undefined>((a, b) => (a === undefined || b.bytesPerStream > a.bytesPerStream ? b : a), undefined)
+      return [name, {
+        ...pooled,
+        peakOpenPerBurst: acc.bursts.map((b) => b.peakOpen),
+        wallMsPerBurst: acc.bursts.map((b) => round(b.wallMs)),
+        tcp,
+        ...(mem === undefined
+          ? {}
+          : {
+              rssBefore: mem.rssBefore,
+              peakRss: Math.max(...acc.mem.map((m) => m.peakRss)),
+              bytesPerStream: mem.bytesPerStream,
+              bytesPerStreamPerBurst: acc.mem.map((m) => Math.round(m.bytesPerStream)),
+              cpuUsPerStream: acc.mem.reduce((a, m) => a + m.cpuUs, 0) / pooled.started
+            })
+      }] as const
+    }))
+
+    log(`4/${steps} idle RSS ${SETTLE_MS} ms after the last phase`)
+    await pause(SETTLE_MS)
+    const settled = await statsOf('stats')
+
+    // Per-target figures.
+    const L = new Map(sides.map((s) => [s.name, summarize((lat.get(s.name) as Rounds).tally.latencies)]))
+    const T = new Map(sides.map((s) => [s.name, summarize((thr.get(s.name) as Rounds).tally.latencies)]))
+    const B = new Map(sides.map((s) => [s.name, summarize((big.get(s.name) as Rounds).tally.latencies)]))
+    const rpsOf = (map: Map<string, Rounds>, name: string) => rps(get(map, name).tally)
+    const cpuPerReq = (map: Map<string, Rounds>, name: string) => get(map, name).cpuUs / Math.max(1, get(map, name).tally.ok)
+    const loopP99 = (name: string) => Math.max(...get(big, name).delays.map((d) => d.p99))
+    const loopMax = (name: string) => Math.max(...get(big, name).delays.map((d) => d.max))
+    const ratio = (x: number, ref: number) => `${fmt(x / ref)}x`
+    const errorsOf = (name: string) => merge(get(lat, name).tally.errors, get(thr, name).tally.errors, get(big, name).tally.errors, get(sse, name).errors)
+    const directSse = get(sse, direct.name)
+
+    const headline = [
+      ['target', `CPU µs/req c${RPS.concurrency} 1 KB`, '256 KB req/s vs direct', 'loop delay p99 ms @256 KB (max)', `${SSE.streams} SSE TTFB p99 vs direct`, 'peak RSS MiB (streams / 256 KB)', 'idle RSS MiB (start / settled)', 'bytes per open stream'],
+      ['direct (reference)', '-', `${fmt(rpsOf(big, 'direct'))} (1x)`, '-', `${fmt(directSse.ttfbP99)} ms (1x)`, '-', '-', '-'],
+      ...proxySides.map((s) => {
+        const st = get(sse, s.name)
+        return [
+          s.name,
+          fmt(cpuPerReq(thr, s.name)),
+          `${fmt(rpsOf(big, s.name))} (${ratio(rpsOf(big, s.name), rpsOf(big, 'direct'))})`,
+          `${fmt(loopP99(s.name))} (${fmt(loopMax(s.name))})`,
+          `${fmt(st.ttfbP99)} ms (${ratio(st.ttfbP99, directSse.ttfbP99)})`,
+          `${fmt(mb(st.peakRss ?? Number.NaN))} / ${fmt(mb(get(bigEnd, s.name).phasePeak))}`,
+          `${fmt(mb(get(idleStart, s.name).rss))} / ${fmt(mb(get(settled, s.name).rss))}`,
+          fmt(Math.round(st.bytesPerStream ?? Number.NaN))
+        ]
+      })
     ]
-    const cpu = cpus()
-    process.stdout.write(`\noai-reverse-proxy bench: node ${process.version}, ${platform()}, ${cpu.length} x ${cpu[0]?.model ?? '?'}; ` +
-      `3 processes (load generator, proxy, fake upstream) on 127.0.0.1; SSE chunk delay ${CHUNK_DELAY_MS} ms; proxy listen backlog ${PROXY_BACKLOG}; load average at start ${loadAtStart.toFixed(2)}\n\n`)
-    process.stdout.write(table(rows) + '\n\n')
-    process.stdout.write(`proxy RSS MB: idle ${mb(idle.rss)}, after warm-up ${mb(warmed.rss)}, peak during ${SSE.streams} streams ${mb(afterSse.phasePeak)}, peak overall ${mb(afterSse.peak)}\n`)
-    process.stdout.write(`proxy CPU per request: c=1 ${fmt(lat.proxyCpuPerReq)} us, c=${RPS.concurrency} ${fmt(thr.proxyCpuPerReq)} us, 256 KB ${fmt(big.proxyCpuPerReq)} us, ` +
-      `SSE ${fmt(sseCpuPerStream)} us per stream of ${sseProxy.framesMax} frames\n`)
-    process.stdout.write(`errors: proxy ${errorCount(errors.proxy)} ${errorCount(errors.proxy) > 0 ? JSON.stringify(errors.proxy) : ''}, direct ${errorCount(errors.direct)} ${errorCount(errors.direct) > 0 ? JSON.stringify(errors.direct) : ''}\n`)
-    process.stdout.write(`proxy log lines at warn or above: ${p.logs.warnings}${p.logs.samples.length > 0 ? '\n  ' + p.logs.samples.join('\n  ') : ''}\n`)
-    for (const c of [p, fake]) if (c.crashed() !== undefined) process.stdout.write(`CRASHED: ${c.crashed() as string}\n`)
 
-    const side = (s: ReturnType<typeof summarize>, t: Tally) => ({ rps: round(rps(t)), p50: round(s.p50), p99: round(s.p99), n: s.n })
-    const summary = {
-      node: process.version,
-      cpus: cpu.length,
-      loadAvg: round(loadAtStart),
-      proxyBacklog: PROXY_BACKLOG,
-      latencyC1: { proxy: side(L.proxy, lat.proxy), direct: side(L.direct, lat.direct), addedP50Ms: round(L.proxy.p50 - L.direct.p50), addedP99Ms: round(L.proxy.p99 - L.direct.p99) },
-      rps: { concurrency: RPS.concurrency, proxy: side(T.proxy, thr.proxy), direct: side(T.direct, thr.direct), ratio: round(rps(thr.proxy) / rps(thr.direct)) },
-      body256k: { bytes: bigBody.length, concurrency: BIG.concurrency, proxy: side(B.proxy, big.proxy), direct: side(B.direct, big.direct), ratio: round(rps(big.proxy) / rps(big.direct)) },
-      sse: { streams: SSE.streams, chunkDelayMs: CHUNK_DELAY_MS, proxy: sseProxy, direct: sseDirect, proxyPeakRssMB: mb(afterSse.phasePeak) },
-      proxyRssMB: { idle: mb(idle.rss), peak: mb(afterSse.peak) },
-      proxyCpuUsPerReq: { c1: round(lat.proxyCpuPerReq), rps: round(thr.proxyCpuPerReq), body256k: round(big.proxyCpuPerReq), sseStream: round(sseCpuPerStream) },
-      errors: { proxy: errorCount(errors.proxy), direct: errorCount(errors.direct) },
-      proxyWarnLogs: p.logs.warnings
+    const col = (f: (s: Side) => string) => sides.map(f)
+    const proxyCol = (f: (name: string) => string) => sides.map((s) => (s.child === undefined ? '' : f(s.name)))
+    const pair = (a: number, b: number) => `${fmt(a)} / ${fmt(b)}`
+    const vsDirect = (map: Map<string, Rounds>) => (s: Side) => s.name === 'direct' ? fmt(rpsOf(map, s.name)) : `${fmt(rpsOf(map, s.name))} (${ratio(rpsOf(map, s.name), rpsOf(map, 'direct'))})`
+    const detail = [
+      ['', ...sides.map((s) => s.name)],
+      [`1. ${smallBody.length} B, c=1 latency p50 / p99 ms`, ...col((s) => pair(get(L, s.name).p50, get(L, s.name).p99))],
+      ['   proxy CPU µs/req at c=1', ...proxyCol((n) => fmt(cpuPerReq(lat, n)))],
+      [`   req/s c=${RPS.concurrency} (vs direct)`, ...col(vsDirect(thr))],
+      [`   c=${RPS.concurrency} p50 / p99 ms`, ...col((s) => pair(get(T, s.name).p50, get(T, s.name).p99))],
+      [`   proxy CPU µs/req at c=${RPS.concurrency}`, ...proxyCol((n) => fmt(cpuPerReq(thr, n)))],
+      [`2. 256 KB req/s c=${BIG.concurrency} (vs direct)`, ...col(vsDirect(big))],
+      ['   256 KB p50 / p99 ms', ...col((s) => pair(get(B, s.name).p50, get(B, s.name).p99))],
+      ['   proxy CPU µs/req 256 KB', ...proxyCol((n) => fmt(cpuPerReq(big, n)))],
+      ['   loop delay p99 / max ms (worst round)', ...proxyCol((n) => pair(loopP99(n), loopMax(n)))],
+      ['   peak RSS MiB during the phase', ...proxyCol((n) => fmt(mb(get(bigEnd, n).phasePeak)))],
+      [`3. ${SSE.rounds} x ${SSE.streams} SSE: completed/started`, ...col((s) => `${get(sse, s.name).completed}/${get(sse, s.name).started}`)],
+      ['   frames per stream min-max', ...col((s) => `${get(sse, s.name).framesMin}-${get(sse, s.name).framesMax}`)],
+      ['   peak open at once, per burst', ...col((s) => get(sse, s.name).peakOpenPerBurst.join(' / '))],
+      ['   TTFB p50 / p99 ms', ...col((s) => pair(get(sse, s.name).ttfbP50, get(sse, s.name).ttfbP99))],
+      ['   TTFB p99 vs direct', ...col((s) => ratio(get(sse, s.name).ttfbP99, directSse.ttfbP99))],
+      ['   stream duration p50 / p99 ms', ...col((s) => pair(get(sse, s.name).durationP50, get(sse, s.name).durationP99))],
+      ['   burst wall time ms, per burst', ...col((s) => get(sse, s.name).wallMsPerBurst.map(fmt).join(' / '))],
+      ['   TCP listen overflows / SYN retries', ...col((s) => showTcp(get(sse, s.name).tcp))],
+      ['   RSS MiB before / peak during bursts', ...proxyCol((n) => pair(mb(get(sse, n).rssBefore ?? Number.NaN), mb(get(sse, n).peakRss ?? Number.NaN)))],
+      ['   bytes per open stream, per burst', ...proxyCol((n) => (get(sse, n).bytesPerStreamPerBurst ?? []).map(fmt).join(' / '))],
+      ['   proxy CPU µs per stream', ...proxyCol((n) => fmt(get(sse, n).cpuUsPerStream ?? Number.NaN))],
+      ['4. RSS MiB idle / warmed / settled', ...proxyCol((n) => `${fmt(mb(get(idleStart, n).rss))} / ${fmt(mb(get(warmed, n).rss))} / ${fmt(mb(get(settled, n).rss))}`)],
+      ['   peak RSS MiB overall', ...proxyCol((n) => fmt(mb(get(settled, n).peak)))],
+      ['errors (all phases)', ...col((s) => String(sumErrors(errorsOf(s.name))))],
+      ['log lines at warn or above', ...proxyCol((n) => String((sides.find((s) => s.name === n)?.child as Child).logs.warnings))]
+    ]
+
+    const loadEnd = loadavg().map((x) => round(x))
+    process.stdout.write('\n' + markdown(headline) + '\n\n' + table(detail) + '\n\n')
+    for (const s of sides) {
+      const e = errorsOf(s.name)
+      if (sumErrors(e) > 0) process.stdout.write(`errors ${s.name}: ${JSON.stringify(e)}\n`)
+      if (s.child !== undefined && s.child.logs.samples.length > 0) process.stdout.write(`${s.name} log samples:\n  ${s.child.logs.samples.join('\n  ')}\n`)
     }
-    // Feature costs, each against proxies of their own (same fake upstream).
-    log('5/6 rate limiting off vs on (memory, Redis)')
-    const limits = await runLimitsScenario(fake.url, log)
-    process.stdout.write('\n' + limitsTable(limits) + '\n')
-    log('6/6 prompt filter off vs on (50 rules, 256 KB prompts)')
-    const filter = await runFilterScenario(fake.url, log)
-    process.stdout.write('\n' + filterTable(filter) + '\n')
-    process.stdout.write(`\nBENCH_JSON ${JSON.stringify({ ...summary, limits, filter })}\n`)
-    if (sseProxy.completed < sseProxy.started || errorCount(errors.proxy) > 0 || p.crashed() !== undefined) process.exitCode = 1
+    const crashed = [fake, ...proxySides.map((s) => s.child as Child)].flatMap((c) => c.crashed() ?? [])
+    for (const c of crashed) process.stdout.write(`CRASHED: ${c}\n`)
+
+    const targets = Object.fromEntries(sides.map((s) => {
+      const side = (map: Map<string, Rounds>, sum: Map<string, ReturnType<typeof summarize>>) => ({ rps: round(rpsOf(map, s.name)), p50: round(get(sum, s.name).p50), p99: round(get(sum, s.name).p99), n: get(sum, s.name).n, ...(s.child === undefined ? {} : { cpuUsPerReq: round(cpuPerReq(map, s.name)) }) })
+      const st = get(sse, s.name)
+      return [s.name, {
+        latencyC1: side(lat, L),
+        rps: side(thr, T),
+        body256k: { ...side(big, B), ratio: round(rpsOf(big, s.name) / rpsOf(big, 'direct')), ...(s.child === undefined ? {} : { loopDelayP99Ms: loopP99(s.name), loopDelayMaxMs: loopMax(s.name), loopDelayRounds: get(big, s.name).delays, peakRssMiB: mb(get(bigEnd, s.name).phasePeak) }) },
+        sse: {
+          ...st,
+          ttfbP99Ratio: round(st.ttfbP99 / directSse.ttfbP99),
+          ...(s.child === undefined ? {} : { rssBeforeMiB: mb(st.rssBefore ?? 0), peakRssMiB: mb(st.peakRss ?? 0), bytesPerStream: Math.round(st.bytesPerStream ?? 0), cpuUsPerStream: round(st.cpuUsPerStream ?? 0) })
+        },
+        ...(s.child === undefined
+          ? {}
+          : {
+              rssMiB: { idle: mb(get(idleStart, s.name).rss), warmed: mb(get(warmed, s.name).rss), settled: mb(get(settled, s.name).rss), peak: mb(get(settled, s.name).peak), bigPhaseStart: mb(get(bigMark, s.name).rss) },
+              warnLogs: s.child.logs.warnings
+            }),
+        errors: sumErrors(errorsOf(s.name))
+      }]
+    }))
+    const failed = sides.some((s) => sumErrors(errorsOf(s.name)) > 0 || get(sse, s.name).completed < get(sse, s.name).started) || crashed.length > 0
+
+    let extra = {}
+    if (EXTRA) {
+      log(`5/${steps} rate limiting off vs on (memory, Redis)`)
+      const limits = await runLimitsScenario(fake.url, log)
+      process.stdout.write('\n' + limitsTable(limits) + '\n')
+      log(`6/${steps} prompt filter off vs on (50 rules, 256 KB prompts)`)
+      const filter = await runFilterScenario(fake.url, log)
+      process.stdout.write('\n' + filterTable(filter) + '\n')
+      extra = { limits, filter }
+    }
+
+    const busyEnd = await busiest(3, 1000, [fake.pid, ...proxySides.map((s) => (s.child as Child).pid)])
+    const wallS = Math.round((performance.now() - t0) / 100) / 10
+    process.stdout.write(`\nload average at end ${loadEnd.join(' / ')}; busiest other processes at end: ${showBusy(busyEnd)}\nwall time ${wallS} s${failed ? '; FAILED: errors, incomplete streams or a crashed child (see above)' : ''}\n`)
+    process.stdout.write(`\nBENCH_JSON ${JSON.stringify({
+      started,
+      machine: m,
+      loadAvgEnd: loadEnd,
+      busyStart: busyStart.top,
+      busyEnd: busyEnd.top,
+      settings: { smallBytes: smallBody.length, bigBytes: bigBody.length, rps: RPS, big: BIG, latency: LATENCY, sseStreams: SSE.streams, sseRounds: SSE.rounds, chunkDelayMs: CHUNK_DELAY_MS, proxyBacklog: PROXY_BACKLOG },
+      targets,
+      ...extra,
+      wallS,
+      failed
+    })}\n`)
+    if (failed) process.exitCode = 1
   } finally {
-    await Promise.all([pools.proxy?.destroy(), pools.direct?.destroy()])
-    await Promise.all([proxy?.stop(), fake.stop()])
+    await Promise.all(sides.map((s) => s.target.pool.destroy()))
+    await Promise.all([...sides.flatMap((s) => (s.child === undefined ? [] : [s.child.stop()])), fake.stop()])
   }
 }
 
