@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import type { EndpointDefinition } from '../schemas/endpoints.js'
 import { hasDuplicateKeys, type RawBody } from './request-body.js'
+import { BINARY_KEYS, BINARY_MIN_LENGTH } from './token-estimate.js'
 
 /*
  * The one pass over a validated request body (ARCHITECTURE §3 step 4b). Driven by the endpoint table, it
@@ -31,9 +32,6 @@ const NOT_TEXT_KEYS = new Set([
 const MEDIA_TYPES = new Set(['image_url', 'input_image', 'image', 'input_audio', 'audio', 'input_file', 'file', 'computer_screenshot'])
 const MEDIA_KEYS = ['image_url', 'input_audio', 'file_data', 'file_url']
 
-/** A string this long under one of these keys is an image, audio or file payload: the token estimate counts a flat cost. */
-const BINARY_KEYS = new Set(['image_url', 'url', 'file_data', 'data', 'input_audio', 'audio'])
-const BINARY_MIN_CHARS = 257
 
 /** Deeper than the JSON body guard allows: something is wrong, so fail closed. */
 const MAX_DEPTH = 256
@@ -58,8 +56,8 @@ export interface RequestAnalysis {
   media: string | null
   /** Path of the first number where a field may hold token ids instead of text (threat B12). */
   tokenIds: string | null
-  /** Token-estimate inputs besides `segments`: other strings under the prompt fields (roles, names of tools, ...). */
-  otherText: string[]
+  /** What the token estimate reads: every string under the prompt fields (prompt text, roles, types, ids) but binary payloads. */
+  estimateText: string[]
   /** Integers under the prompt fields (token-id prompts count one token each). */
   integers: number
   /** Binary payloads (images, audio, files) under the prompt fields. */
@@ -140,7 +138,7 @@ export function analyse (endpoint: EndpointDefinition, body: unknown): RequestAn
     segments: [],
     media: null,
     tokenIds: null,
-    otherText: [],
+    estimateText: [],
     integers: 0,
     binaryParts: 0,
     storedRefs: [],
@@ -161,12 +159,9 @@ export function analyse (endpoint: EndpointDefinition, body: unknown): RequestAn
     const prompt = parent === null ? plan.isPrompt.has(key) : parent.prompt
     if (typeof value === 'string') {
       if (!prompt) return
-      const binary = value.length >= BINARY_MIN_CHARS && BINARY_KEYS.has(key)
-      if (binary) out.binaryParts++
-      if (NOT_TEXT_KEYS.has(key) || value.length === 0) {
-        if (!binary) out.otherText.push(value)
-        return
-      }
+      if (value.length > BINARY_MIN_LENGTH && BINARY_KEYS.has(key)) out.binaryParts++
+      else out.estimateText.push(value)
+      if (NOT_TEXT_KEYS.has(key) || value.length === 0) return
       out.segments.push({ path: childPath(parent, key, index), text: value, joinsPrevious: textGroup !== null && textGroup === lastGroup })
       lastGroup = textGroup
       return

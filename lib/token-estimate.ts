@@ -1,3 +1,5 @@
+import type { RequestAnalysis } from './request-analysis.js'
+
 /*
  * Prompt-token estimates for admission (tokens per minute) without a tokenizer. The reservation is
  * settled with upstream's real `usage`, so an estimate only has to be cheap and not under the truth.
@@ -195,30 +197,16 @@ export function estimateTextTokens (text: string): number {
 }
 
 /**
- * Tokens in every string under the endpoint's prompt fields, binary payloads at a flat cost, token ids
- * one each, plus per-message framing; walks iteratively (a walker must never recurse on client data).
+ * Prompt tokens of an analysed request (lib/request-analysis.ts): one estimate over all of its text (so the
+ * cost stays bounded however many strings it holds), binary payloads at a flat cost, token ids one each,
+ * and the framing of each chat message.
  */
-export function estimatePromptTokens (body: Record<string, unknown>, fields: readonly string[]): number {
-  const messages = body.messages
-  let total = Array.isArray(messages) ? messages.length * PER_MESSAGE : 0
-  const texts: string[] = []
-  const stack: unknown[] = fields.map((f) => body[f])
-  while (stack.length > 0) {
-    const node = stack.pop()
-    if (typeof node === 'string') {
-      texts.push(node)
-    } else if (Array.isArray(node)) {
-      for (const item of node) stack.push(item)
-    } else if (typeof node === 'object' && node !== null) {
-      for (const [key, value] of Object.entries(node)) {
-        if (BINARY_KEYS.has(key) && typeof value === 'string' && value.length > BINARY_MIN_LENGTH) total += BINARY_TOKENS
-        else stack.push(value)
-      }
-    } else if (typeof node === 'number' && Number.isInteger(node)) {
-      total += 1 // token-id prompts (`prompt: [1, 2, 3]`)
-    }
-  }
-  return total + (texts.length > 0 ? estimateTextTokens(texts.join('\n')) : 0)
+export function estimatePrompt (analysis: Pick<RequestAnalysis, 'body' | 'estimateText' | 'binaryParts' | 'integers'>): number {
+  const messages = analysis.body?.messages
+  const framing = Array.isArray(messages) ? messages.length * PER_MESSAGE : 0
+  const texts = analysis.estimateText
+  const text = texts.length === 0 ? 0 : estimateTextTokens(texts.length === 1 ? texts[0] as string : texts.join('\n'))
+  return framing + analysis.binaryParts * BINARY_TOKENS + analysis.integers + text
 }
 
 /** The output the request may produce: its own cap if it sets one, else `fallback`. */

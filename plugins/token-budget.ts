@@ -3,7 +3,7 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { goDuration, retryHeaders } from '../lib/durations.js'
 import { onResponseClose } from '../lib/response-close.js'
-import { estimatePromptTokens, loadTokenizers, outputCap } from '../lib/tokens.js'
+import { estimatePrompt, outputCap } from '../lib/token-estimate.js'
 import { limitKey } from './rate-limit.js'
 import { analysisOf, decorateAnalysis } from '../lib/request-analysis.js'
 import { setField } from '../lib/request-body.js'
@@ -44,7 +44,6 @@ const TPM_WINDOW_MS = 60_000
 const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) => {
   if (opts.tokensPerMinute <= 0 && opts.maxConcurrent <= 0) return
   const { store } = app.oaiProxyLimits
-  if (opts.tokensPerMinute > 0) await loadTokenizers()
   app.decorateRequest('oaiProxyUsage', null)
   decorateAnalysis(app)
 
@@ -65,9 +64,7 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
     const endpoint = analysis?.endpoint
     if (analysis === null || endpoint?.usage === undefined) return
     const body = analysis.body as Record<string, unknown>
-    /* c8 ignore next -- every metered endpoint in schemas/endpoints.ts has prompt fields */
-    const fields = endpoint.prompt?.text ?? []
-    const requested = estimatePromptTokens(body, fields) + outputCap(body, endpoint.outputCapFields, opts.defaultOutputTokens)
+    const requested = estimatePrompt(analysis) + outputCap(body, endpoint.outputCapFields, opts.defaultOutputTokens)
     const limit = opts.tokensPerMinute
     if (requested > limit) {
       throw proxyError('TOKENS_LIMITED', [`Request too large on tokens per min (TPM): Limit ${limit}, Requested ${requested}. Reduce the prompt or the output cap.`], { headers: retryHeaders(TPM_WINDOW_MS, false) })

@@ -1,5 +1,6 @@
 import t from 'tap'
-import { estimatePromptTokens } from '../lib/tokens.js'
+import { analyse } from '../lib/request-analysis.js'
+import { estimatePrompt } from '../lib/token-estimate.js'
 import { endpoints } from '../schemas/endpoints.js'
 import { chatBody, proxyTest, sleep, type Harness } from './helper.js'
 
@@ -8,8 +9,8 @@ import { chatBody, proxyTest, sleep, type Harness } from './helper.js'
 const LIMIT = 10_000
 const OUTPUT = 500
 const budget = { rateLimit: { tokensPerMinute: LIMIT, defaultOutputTokens: OUTPUT } }
-const chatFields = endpoints.find((e) => e.id === 'chat.completions')?.prompt?.text ?? []
-const reservation = estimatePromptTokens(chatBody(), chatFields) + OUTPUT
+const chat = endpoints.find((e) => e.id === 'chat.completions') as (typeof endpoints)[number]
+const reservation = estimatePrompt(analyse(chat, chatBody())) + OUTPUT
 
 const post = (h: Harness, url = '/v1/chat/completions') => h.app.inject({ method: 'POST', url, headers: h.auth, payload: chatBody() })
 const remaining = (res: { headers: Record<string, unknown> }) => Number(res.headers['x-ratelimit-remaining-tokens'])

@@ -1,14 +1,15 @@
 import { connect } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
-import { estimatePromptTokens } from '../lib/tokens.js'
+import { analyse } from '../lib/request-analysis.js'
+import { estimatePrompt } from '../lib/token-estimate.js'
 import { endpoints } from '../schemas/endpoints.js'
 import { chatBody, proxyTest, sleep, type Harness } from './helper.js'
 
 const LIMIT = 10_000
 const OUTPUT = 500
-const chatFields = endpoints.find((e) => e.id === 'chat.completions')?.prompt?.text ?? []
-const reservation = (body: Record<string, unknown>) => estimatePromptTokens(body, chatFields) + (typeof body.max_tokens === 'number' ? body.max_tokens : OUTPUT)
+const chat = endpoints.find((e) => e.id === 'chat.completions') as (typeof endpoints)[number]
+const reservation = (body: Record<string, unknown>) => estimatePrompt(analyse(chat, body)) + (typeof body.max_tokens === 'number' ? body.max_tokens : OUTPUT)
 const budget = { rateLimit: { tokensPerMinute: LIMIT, defaultOutputTokens: OUTPUT } }
 
 const post = (h: Harness, body: Record<string, unknown> = chatBody()) => h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: h.auth, payload: body })

@@ -3,8 +3,10 @@ import { countTokens as cl100k } from 'gpt-tokenizer/encoding/cl100k_base'
 import { countTokens as o200k } from 'gpt-tokenizer/encoding/o200k_base'
 import t from 'tap'
 import {
-  BINARY_MIN_LENGTH, BINARY_TOKENS, estimatePromptTokens, estimateTextTokens, outputCap, PER_MESSAGE, WORST_CASE_FACTOR
+  BINARY_MIN_LENGTH, BINARY_TOKENS, estimatePrompt, estimateTextTokens, outputCap, PER_MESSAGE, WORST_CASE_FACTOR
 } from '../lib/token-estimate.js'
+import { analyse } from '../lib/request-analysis.js'
+import { endpoints } from '../schemas/endpoints.js'
 
 /*
  * The estimate against exact BPE counts (gpt-tokenizer, both encodings, special-token text counted as
@@ -324,14 +326,17 @@ t.test('long text is sampled, and the sample scales with the length', async (t) 
   t.ok(Math.abs(sixtyFour / (64 * one) - 1) < 0.05, `64 blocks: ${sixtyFour}, one block: ${one}`)
 })
 
-t.test('estimatePromptTokens: message framing, binary payloads at a flat cost, token ids one each', async (t) => {
-  const blob = 'data:image/png;base64,' + 'A'.repeat(BINARY_MIN_LENGTH)
+t.test('estimatePrompt: message framing, binary payloads at a flat cost, token ids one each', async (t) => {
+  const row = (id: string) => endpoints.find((e) => e.id === id) as (typeof endpoints)[number]
+  const estimate = (id: string, body: unknown) => estimatePrompt(analyse(row(id), body))
+  const blob = 'data:image/png;base64,' + 'A'.repeat(BINARY_MIN_LENGTH + 1)
   const image = { role: 'user', content: [{ type: 'image_url', image_url: { url: blob } }] }
-  t.strictSame(estimatePromptTokens({ messages: [image] }, ['messages']), PER_MESSAGE + BINARY_TOKENS + estimateTextTokens('image_url\nuser'))
-  t.strictSame(estimatePromptTokens({ input: [{ type: 'input_audio', data: 'short' }] }, ['input']), estimateTextTokens('short\ninput_audio'), 'a short value under a binary key is text')
-  t.strictSame(estimatePromptTokens({ prompt: [1, 2, 3, 2.5, true, null] }, ['prompt']), 3)
-  t.strictSame(estimatePromptTokens({ messages: 'hello there' }, ['messages']), estimateTextTokens('hello there'), 'no framing when messages is not an array')
-  t.strictSame(estimatePromptTokens({ messages: [] }, ['messages', 'missing']), 0)
+  t.strictSame(estimate('chat.completions', { messages: [image] }), PER_MESSAGE + BINARY_TOKENS + estimateTextTokens('user\nimage_url'))
+  t.strictSame(estimate('responses', { input: [{ type: 'input_audio', data: 'short' }] }), estimateTextTokens('input_audio\nshort'), 'a short value under a binary key is text')
+  t.strictSame(estimate('completions', { prompt: [1, 2, 3, 2.5, true, null] }), 3)
+  t.strictSame(estimate('completions', { prompt: 'hello there' }), estimateTextTokens('hello there'), 'one string is estimated as it is')
+  t.strictSame(estimate('chat.completions', { messages: [] }), 0)
+  t.strictSame(estimate('chat.completions', { model: 'not a prompt field', metadata: { note: 'nor this' } }), 0, 'only prompt fields count')
 })
 
 t.test('outputCap: the smallest positive cap, else the fallback, times n', async (t) => {

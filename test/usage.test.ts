@@ -2,7 +2,7 @@ import { PassThrough, Readable } from 'node:stream'
 import { text } from 'node:stream/consumers'
 import t from 'tap'
 import { goDuration, retryHeaders } from '../lib/durations.js'
-import { estimatePromptTokens, loadTokenizers, outputCap } from '../lib/tokens.js'
+import { outputCap } from '../lib/token-estimate.js'
 import { UsageTap, watchUsage } from '../lib/usage-tap.js'
 
 async function tap (mode: 'sse' | 'json', chunks: string[], hideUsageChunk = false) {
@@ -58,23 +58,6 @@ t.test('watchUsage listens beside a pipe without changing or delaying it', async
   watchUsage(body, { mode: 'json', onUsage: (n) => json.push(n) })
   t.equal(await text(body.pipe(new PassThrough())), '{"usage":{"total_tokens":33}}')
   t.strictSame(json, [33])
-})
-
-t.test('before the tables load, estimates overcount by characters', async (t) => {
-  t.equal(estimatePromptTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'x'.repeat(299) }] }, ['messages']), 4 + Math.ceil('user\n'.length / 3 + 300 / 3))
-})
-
-t.test('token estimates are linear on hostile text and count special tokens as text', async (t) => {
-  await loadTokenizers()
-  const start = Date.now()
-  const long = estimatePromptTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'ab'.repeat(500_000) }] }, ['messages'])
-  t.ok(Date.now() - start < 2000, `1 MB without spaces counted in ${Date.now() - start} ms`)
-  t.ok(long > 100_000)
-  t.ok(estimatePromptTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi <|endoftext|> there' }] }, ['messages']) > 4)
-  const image = estimatePromptTokens({ model: 'gpt-4o', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: `data:image/png;base64,${'A'.repeat(1_000_000)}` } }] }] }, ['messages'])
-  t.ok(image < 2000, `a 1 MB image is a flat cost, not its base64 length (${image})`)
-  t.equal(estimatePromptTokens({ model: 'gpt-3.5-turbo-instruct', prompt: [[1, 2, 3], [4, 5]] }, ['prompt']), 5, 'token-id prompts: one per id')
-  t.ok(estimatePromptTokens({ model: 'gpt-4', messages: [{ role: 'user', content: 'hello world' }] }, ['messages']) > 0, 'legacy models use cl100k')
 })
 
 t.test('output caps: the smallest cap given, times n; else the default', async (t) => {
