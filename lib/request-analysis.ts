@@ -32,7 +32,6 @@ const NOT_TEXT_KEYS = new Set([
 const MEDIA_TYPES = new Set(['image_url', 'input_image', 'image', 'input_audio', 'audio', 'input_file', 'file', 'computer_screenshot'])
 const MEDIA_KEYS = ['image_url', 'input_audio', 'file_data', 'file_url']
 
-
 /** Deeper than the JSON body guard allows: something is wrong, so fail closed. */
 const MAX_DEPTH = 256
 

@@ -169,8 +169,8 @@ export function requiredLiterals (source: string): string[] | null {
     if (p.at !== source.length) return null
     const req = info.required
     return req !== null && req.every((s) => s.length >= MIN_LITERAL) ? req : null
-  } catch (err) {
-    if (err instanceof Unsupported) return null
-    throw err
+  } catch {
+    // Unsupported syntax (or a parser mistake): no condition, so the rule runs on every prompt. Safe either way.
+    return null
   }
 }

@@ -1,4 +1,5 @@
 import { Worker } from 'node:worker_threads'
+import type { FastifyBaseLogger } from 'fastify'
 import type { RuleMatch, RuleSet } from './filter-rules.js'
 import type { Cooperative } from './normalise.js'
 
@@ -10,7 +11,7 @@ import type { Cooperative } from './normalise.js'
  * the next one starts a new thread, so the caller can fall back to matching on its own thread.
  */
 
-type Pending = { resolve: (hit: RuleMatch | null) => void, reject: (err: Error) => void }
+type Pending = { worker: Worker, resolve: (hit: RuleMatch | null) => void, reject: (err: Error) => void }
 
 // Source (.ts under the test runner's loader) or build output (.js): the thread file sits beside this one.
 const THREAD = new URL(`./rule-worker-thread${import.meta.url.slice(import.meta.url.lastIndexOf('.'))}`, import.meta.url)
@@ -30,7 +31,7 @@ export class RuleWorker {
     const worker = this.#worker ?? this.#start()
     const id = this.#next++
     return await new Promise<RuleMatch | null>((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject })
+      this.#pending.set(id, { worker, resolve, reject })
       worker.postMessage({ id, texts })
     })
   }
@@ -43,10 +44,15 @@ export class RuleWorker {
       this.#pending.get(id)?.resolve(hit)
       this.#pending.delete(id)
     })
+    // Only this thread's requests fail: a thread that exits after its replacement started must not take the
+    // new thread's requests with it.
     const fail = (err: Error): void => {
       if (this.#worker === worker) this.#worker = null
-      for (const p of this.#pending.values()) p.reject(err)
-      this.#pending.clear()
+      for (const [id, p] of this.#pending) {
+        if (p.worker !== worker) continue
+        p.reject(err)
+        this.#pending.delete(id)
+      }
     }
     worker.on('error', fail)
     worker.on('exit', (code) => { fail(new Error(`rule worker exited with code ${code}`)) })
@@ -66,17 +72,17 @@ export const WORKER_MIN_CHARS = 64 * 1024
 
 /**
  * The first rule matching any of `views` (normalised, in order): the screen runs here; the automaton runs in
- * `worker` when the texts it must read are large, and here otherwise, or when the worker fails (reported
- * through `onWorkerError`: a verdict is never skipped).
+ * `worker` when the texts it must read are large, and here otherwise, or when the worker fails (logged as a
+ * warning: a verdict is never skipped).
  */
-export async function firstMatch (rules: RuleSet, worker: RuleWorker | null, views: readonly string[], co: Cooperative, onWorkerError: (err: Error) => void): Promise<RuleMatch | null> {
+export async function firstMatch (rules: RuleSet, worker: RuleWorker | null, views: readonly string[], co: Cooperative, log: FastifyBaseLogger): Promise<RuleMatch | null> {
   const texts = views.filter((v) => rules.mayMatch(v))
   if (texts.length === 0) return null
   if (worker !== null && texts.reduce((n, v) => n + v.length, 0) >= WORKER_MIN_CHARS) {
     try {
       return await worker.first(texts)
     } catch (err) {
-      onWorkerError(err as Error)
+      log.warn({ err }, 'oai-proxy: filter worker failed; matching on the event loop')
     }
   }
   for (const text of texts) {

@@ -160,9 +160,7 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
     if (s.rules.size > 0) {
       const text = await normalised(segments, co)
       await co.maybeYield()
-      const hit = await firstMatch(s.rules, worker, text.views, co, (err) => {
-        request.log.warn({ err }, 'oai-proxy: filter worker failed; matching on the event loop')
-      })
+      const hit = await firstMatch(s.rules, worker, text.views, co, request.log)
       if (hit !== null) {
         const at = await s.rules.locate(hit, text.each, co)
         const seg = at === -1 ? undefined : segments[at]

@@ -72,7 +72,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
     const endpoint = analysis.endpoint
     const path = basePath + upstreamPath(endpoint, request.params as Record<string, string>)
     // What was validated and filtered: the client's bytes where they mean exactly that (lib/request-body.ts).
-    const body = endpoint.method === 'POST' ? upstreamBody(analysis, request.oaiProxyRawBody ?? null) : undefined
+    const body = endpoint.method === 'POST' ? upstreamBody(analysis, request.oaiProxyRawBody) : undefined
 
     // A client that goes away aborts the upstream call, before or after its headers arrive.
     const abort = new AbortController()
