@@ -122,6 +122,8 @@ export class RuleSet {
   /** Rules with a screen: their automaton runs only on text the screen matches. */
   readonly #screened: Part | null
   readonly #screen: RegExp | null
+  /** The same, case-insensitive: for ASCII text, whose normal form is its lower case. */
+  readonly #screenAnyCase: RegExp | null
   /** Rules without one: their automaton runs on every text. */
   readonly #always: Part | null
   readonly #sources: string[]
@@ -139,6 +141,7 @@ export class RuleSet {
     // Many rules share a word ("ignore ... instructions"): each alternative once.
     const alternatives = new Set(screened.flatMap((i) => rules[i]?.screen as string[]))
     this.#screen = screened.length === 0 ? null : new RegExp([...alternatives].join('|'))
+    this.#screenAnyCase = screened.length === 0 ? null : new RegExp([...alternatives].join('|'), 'i')
     this.#always = part(rules, all.filter((i) => rules[i]?.screen === null))
   }
 
@@ -166,6 +169,15 @@ export class RuleSet {
   /** Whether the automaton has to run on this text at all: some rule has no screen, or the screen matches. */
   mayMatch (text: string): boolean {
     return this.#always !== null || this.#screen?.test(text) === true
+  }
+
+  /**
+   * `mayMatch` for ASCII text holding no `\u` escape, read before normalisation: such text normalises to its
+   * lower case, and ASCII case-insensitive matching of the screen's (lower-case) alternatives equals
+   * matching them on the lower-cased text.
+   */
+  mayMatchAnyCase (text: string): boolean {
+    return this.#always !== null || this.#screenAnyCase?.test(text) === true
   }
 
   /**

@@ -1,3 +1,4 @@
+import { isAscii } from 'node:buffer'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import type { EndpointDefinition } from '../schemas/endpoints.js'
@@ -67,6 +68,8 @@ export interface RequestAnalysis {
   members: number
   /** Top-level fields the pipeline set or removed, for the forwarder. */
   patched: Set<string>
+  /** Every string in the body is ASCII with no `\u` in it (known from the bytes): its normal form is its lower case. */
+  asciiText: boolean
 }
 
 /** Per endpoint, resolved once: the table row's prompt fields as the walk wants them. */
@@ -142,7 +145,8 @@ export function analyse (endpoint: EndpointDefinition, body: unknown): RequestAn
     binaryParts: 0,
     storedRefs: [],
     members: 0,
-    patched: new Set()
+    patched: new Set(),
+    asciiText: false
   }
   if (!isContainer(body) || Array.isArray(body)) return out
   out.body = body
@@ -245,6 +249,9 @@ export function analysisOf (request: FastifyRequest): RequestAnalysis | null {
   if (raw !== null && raw !== undefined && raw.scan.longNumber && analysis.body !== null && hasDuplicateKeys(analysis, raw)) {
     throw proxyError('AMBIGUOUS_BODY')
   }
+  // ASCII bytes without a `\u` escape (nor an escaped backslash followed by `u`) decode to ASCII strings
+  // that hold no `\u` text either.
+  analysis.asciiText = raw !== null && raw !== undefined && isAscii(raw.bytes) && raw.bytes.indexOf('\\u') === -1
   request.oaiProxyAnalysis = analysis
   return analysis
 }

@@ -197,16 +197,20 @@ export function estimateTextTokens (text: string): number {
 }
 
 /**
- * Prompt tokens of an analysed request (lib/request-analysis.ts): one estimate over all of its text (so the
- * cost stays bounded however many strings it holds), binary payloads at a flat cost, token ids one each,
- * and the framing of each chat message.
+ * Prompt tokens of an analysed request (lib/request-analysis.ts): binary payloads at a flat cost, token ids
+ * one each, the framing of each chat message, and the text. A long string (past FULL_SCAN) is estimated on
+ * its own, from samples; the short ones are estimated together, so the JavaScript work stays bounded however
+ * many strings a body holds, and no large string is copied into a joined one.
  */
 export function estimatePrompt (analysis: Pick<RequestAnalysis, 'body' | 'estimateText' | 'binaryParts' | 'integers'>): number {
   const messages = analysis.body?.messages
-  const framing = Array.isArray(messages) ? messages.length * PER_MESSAGE : 0
-  const texts = analysis.estimateText
-  const text = texts.length === 0 ? 0 : estimateTextTokens(texts.length === 1 ? texts[0] as string : texts.join('\n'))
-  return framing + analysis.binaryParts * BINARY_TOKENS + analysis.integers + text
+  let tokens = (Array.isArray(messages) ? messages.length * PER_MESSAGE : 0) + analysis.binaryParts * BINARY_TOKENS + analysis.integers
+  const short: string[] = []
+  for (const text of analysis.estimateText) {
+    if (text.length > FULL_SCAN) tokens += estimateTextTokens(text)
+    else short.push(text)
+  }
+  return tokens + (short.length === 0 ? 0 : estimateTextTokens(short.join('\n')))
 }
 
 /** The output the request may produce: its own cap if it sets one, else `fallback`. */

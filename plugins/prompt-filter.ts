@@ -67,9 +67,13 @@ async function normalised (segments: readonly PromptSegment[], co: Cooperative):
     each.push(await normaliseLong(seg.text, co))
     await co.maybeYield()
   }
-  const views = [each.join('\n')]
+  return { views: viewsOf(segments, each), each }
+}
+
+function viewsOf (segments: readonly PromptSegment[], each: readonly string[]): string[] {
+  const views = [each.length === 1 ? each[0] as string : each.join('\n')]
   if (segments.some((seg) => seg.joinsPrevious)) views.push(each.map((n, i) => (i > 0 && segments[i]?.joinsPrevious !== true ? `\n${n}` : n)).join(''))
-  return { views, each }
+  return views
 }
 
 /**
@@ -157,7 +161,10 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
       }
     }
 
-    if (s.rules.size > 0) {
+    // ASCII text without `\u` escapes normalises to its lower case, which the screen can read as is
+    // (case-insensitively): when it finds nothing, no rule can match and nothing needs normalising.
+    const screenedOut = scan.asciiText && !viewsOf(segments, segments.map((seg) => seg.text)).some((v) => s.rules.mayMatchAnyCase(v))
+    if (s.rules.size > 0 && !screenedOut) {
       const text = await normalised(segments, co)
       await co.maybeYield()
       const hit = await firstMatch(s.rules, worker, text.views, co, request.log)

@@ -103,3 +103,23 @@ t.test('differential: the screened set finds exactly what the plain set finds', 
   }), { seed, numRuns: 10_000 })
   t.ok(matched > 1500, `10000 random texts agree, ${matched} of them matching some rule`)
 })
+
+t.test('ASCII text is screened before normalisation, case-insensitively, with no text missed', async (t) => {
+  const rules = new RuleSet(PHRASES, PATTERNS.filter((p) => requiredLiterals(p) !== null))
+  t.equal(rules.unscreened, 0)
+  const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 2 ** 31)
+  t.comment(`fast-check seed ${seed}`)
+  const word = fc.constantFrom('Ignore', 'PREVIOUS', 'instructions', 'I', 'g', 'N', 'jail', 'BREAK', 'Bomb', 'a', 'DAN', 'Do', 'any', 'Thing', 'now',
+    'Secret', 'KEY', 'colour', 'Scheme', 'x', 'y', 'z', '555', ' ', '.', '-', '_', '\n', '\t', '|', '(', ')')
+  let screenedIn = 0
+  fc.assert(fc.property(fc.array(word, { maxLength: 30 }), (parts) => {
+    const text = parts.join('')
+    const normal = normalise(text)
+    if (normal !== text.toLowerCase()) throw new Error(`not its lower case: ${JSON.stringify(text)}`)
+    if (rules.mayMatch(normal)) {
+      screenedIn++
+      if (!rules.mayMatchAnyCase(text)) throw new Error(`missed ${JSON.stringify(text)}`)
+    }
+  }), { seed, numRuns: 5000 })
+  t.ok(screenedIn > 500 && screenedIn < 4500, `${screenedIn} of 5000 texts got past the screen; none was missed before normalisation`)
+})

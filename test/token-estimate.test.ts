@@ -336,6 +336,9 @@ t.test('estimatePrompt: message framing, binary payloads at a flat cost, token i
   t.strictSame(estimate('completions', { prompt: [1, 2, 3, 2.5, true, null] }), 3)
   t.strictSame(estimate('completions', { prompt: 'hello there' }), estimateTextTokens('hello there'), 'one string is estimated as it is')
   t.strictSame(estimate('chat.completions', { messages: [] }), 0)
+  const long = 'lorem ipsum dolor sit amet '.repeat(1000)
+  t.strictSame(estimate('chat.completions', { messages: [{ role: 'user', content: long }, { role: 'assistant', content: 'ok' }] }),
+    2 * PER_MESSAGE + estimateTextTokens(long) + estimateTextTokens('user\nassistant\nok'), 'a long string is estimated on its own, short ones together')
   t.strictSame(estimate('chat.completions', { model: 'not a prompt field', metadata: { note: 'nor this' } }), 0, 'only prompt fields count')
 })
 
