@@ -14,6 +14,7 @@
 
 const QUOTE = 0x22
 const BACKSLASH = 0x5c
+const BACKSLASH_U = Buffer.from('\\u')
 
 /** A member of the top-level object: `"key": value`, as byte offsets into the body. */
 export interface TopMember {
@@ -36,10 +37,12 @@ export interface JsonScan {
   longNumber: boolean
   /** Nothing but whitespace. */
   blank: boolean
+  /** Some string holds a `\u` escape (or an escaped backslash followed by `u`): text may differ from its bytes. */
+  escapes: boolean
 }
 
 /** The offset just past the string whose opening quote is at `open`; -1 when it never closes. */
-function stringEnd (bytes: Uint8Array, open: number): number {
+function stringEnd (bytes: Buffer, open: number): number {
   let at = open + 1
   for (;;) {
     const q = bytes.indexOf(QUOTE, at)
@@ -54,8 +57,8 @@ function stringEnd (bytes: Uint8Array, open: number): number {
 
 const isSpace = (c: number): boolean => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09
 
-export function scanJson (bytes: Uint8Array, maxDepth: number): JsonScan {
-  const out: JsonScan = { tooDeep: false, members: 0, top: [], longNumber: false, blank: true }
+export function scanJson (bytes: Buffer, maxDepth: number): JsonScan {
+  const out: JsonScan = { tooDeep: false, members: 0, top: [], longNumber: false, blank: true, escapes: bytes.indexOf(BACKSLASH_U) !== -1 }
   let depth = 0
   // True while inside the top-level object and the next string there would be a key.
   let rootIsObject = false

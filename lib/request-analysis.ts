@@ -251,7 +251,7 @@ export function analysisOf (request: FastifyRequest): RequestAnalysis | null {
   }
   // ASCII bytes without a `\u` escape (nor an escaped backslash followed by `u`) decode to ASCII strings
   // that hold no `\u` text either.
-  analysis.asciiText = raw !== null && raw !== undefined && isAscii(raw.bytes) && raw.bytes.indexOf('\\u') === -1
+  analysis.asciiText = raw !== null && raw !== undefined && !raw.scan.escapes && isAscii(raw.bytes)
   request.oaiProxyAnalysis = analysis
   return analysis
 }

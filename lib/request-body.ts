@@ -42,7 +42,9 @@ export function upstreamBody (analysis: RequestAnalysis, raw: RawBody | null): B
   if (analysis.patched.size === 0) return raw.bytes
   const parts: Buffer[] = []
   for (const m of raw.scan.top) {
-    const key = JSON.parse(raw.bytes.toString('utf8', m.start, m.keyEnd)) as string
+    // Decoded only when it holds an escape; otherwise its bytes between the quotes are the key.
+    const quoted = raw.bytes.subarray(m.start, m.keyEnd)
+    const key = quoted.includes(0x5c) ? JSON.parse(quoted.toString('utf8')) as string : quoted.toString('utf8', 1, quoted.length - 1)
     if (!analysis.patched.has(key)) parts.push(raw.bytes.subarray(m.start, m.end))
   }
   for (const key of analysis.patched) {

@@ -21,6 +21,9 @@ export interface JsonBodyOptions {
  * silently dropped, so what we check is what we send; bytes that are not UTF-8 are refused rather than
  * replaced, so upstream cannot decode text the filter never saw.
  */
+const PROTO = Buffer.from('__proto__')
+const CONSTRUCTOR = Buffer.from('constructor')
+
 const jsonBody: FastifyPluginAsync<JsonBodyOptions> = async (app, opts) => {
   decorateAnalysis(app)
   app.removeAllContentTypeParsers()
@@ -50,7 +53,7 @@ const jsonBody: FastifyPluginAsync<JsonBodyOptions> = async (app, opts) => {
       const text = bytes.toString('utf8')
       // A key can only spell `__proto__` or `constructor` literally or with `\u` escapes: without either in the
       // bytes, secure-json-parse's two extra passes over the text would find nothing.
-      const plain = bytes.indexOf('\\u') === -1 && bytes.indexOf('__proto__') === -1 && bytes.indexOf('constructor') === -1
+      const plain = !scan.escapes && bytes.indexOf(PROTO) === -1 && bytes.indexOf(CONSTRUCTOR) === -1
       value = plain ? JSON.parse(text) : sjson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
     } catch (err) {
       done(proxyError(/prototype property/.test((err as Error).message) ? 'FORBIDDEN_KEY' : 'INVALID_JSON'), undefined)
