@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module'
-import { setImmediate as nextTurn } from 'node:timers/promises'
+import { fairTurn } from './loop-budget.js'
 
 /*
  * The form prompt text is matched in. Both the text and every phrase go through the same steps, so a
@@ -84,22 +84,16 @@ export function normalise (text: string): string {
   return mapCharacters(decoded.normalize('NFKD').toLowerCase())
 }
 
-/** Work between two yields to the event loop, in milliseconds. */
-const SLICE_BUDGET_MS = 4
 /** Characters normalised in one synchronous step. */
 const SLICE_CHARS = 32 * 1024
 
 /**
- * Gives the event loop a turn whenever the work since the last turn exceeds the budget, so one large
- * prompt never stalls every other request for tens of milliseconds.
+ * Gives the event loop a turn whenever the heavy work of this turn, all requests together, exceeds its
+ * budget (lib/loop-budget.ts), so large prompts never stall other requests and streams for long.
  */
 export class Cooperative {
-  #since = performance.now()
-
   async maybeYield (): Promise<void> {
-    if (performance.now() - this.#since < SLICE_BUDGET_MS) return
-    await nextTurn()
-    this.#since = performance.now()
+    await fairTurn()
   }
 }
 

@@ -4,7 +4,9 @@ import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import sjson from 'secure-json-parse'
 import { proxyError } from '../errors.js'
 import { scanJson } from '../lib/json-scan.js'
+import { laterTurn, overBudget } from '../lib/loop-budget.js'
 import { decorateAnalysis } from '../lib/request-analysis.js'
+import type { RawBody } from '../lib/request-body.js'
 
 export interface JsonBodyOptions {
   /** Largest body in bytes; larger bodies get 413 while streaming in, never buffered whole. */
@@ -35,33 +37,39 @@ const jsonBody: FastifyPluginAsync<JsonBodyOptions> = async (app, opts) => {
       return
     }
     const bytes = body as Buffer
-    const scan = scanJson(bytes, opts.maxJsonDepth)
-    if (scan.blank) {
-      done(proxyError('EMPTY_BODY'), undefined)
-      return
+    const run = (): void => {
+      const parsed = parse(bytes, opts.maxJsonDepth)
+      if (parsed instanceof Error) {
+        done(parsed, undefined)
+        return
+      }
+      request.oaiProxyRawBody = parsed.raw
+      done(null, parsed.value)
     }
-    if (scan.tooDeep) {
-      done(proxyError('TOO_DEEP', [opts.maxJsonDepth]), undefined)
-      return
-    }
-    if (!isUtf8(bytes)) {
-      done(proxyError('INVALID_ENCODING'), undefined)
-      return
-    }
-    let value: unknown
-    try {
-      const text = bytes.toString('utf8')
-      // A key can only spell `__proto__` or `constructor` literally or with `\u` escapes: without either in the
-      // bytes, secure-json-parse's two extra passes over the text would find nothing.
-      const plain = !scan.escapes && bytes.indexOf(PROTO) === -1 && bytes.indexOf(CONSTRUCTOR) === -1
-      value = plain ? JSON.parse(text) : sjson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
-    } catch (err) {
-      done(proxyError(/prototype property/.test((err as Error).message) ? 'FORBIDDEN_KEY' : 'INVALID_JSON'), undefined)
-      return
-    }
-    request.oaiProxyRawBody = { bytes, scan }
-    done(null, value)
+    // A large body waits for a later turn of the event loop when this one has done its share of heavy work.
+    if (bytes.length >= LARGE_BODY && overBudget()) laterTurn().then(run, run)
+    else run()
   })
+}
+
+/** Bodies this large take about a millisecond to decode and parse: they share the loop's budget. */
+const LARGE_BODY = 64 * 1024
+
+function parse (bytes: Buffer, maxDepth: number): { value: unknown, raw: RawBody } | Error {
+  const scan = scanJson(bytes, maxDepth)
+  if (scan.blank) return proxyError('EMPTY_BODY')
+  if (scan.tooDeep) return proxyError('TOO_DEEP', [maxDepth])
+  if (!isUtf8(bytes)) return proxyError('INVALID_ENCODING')
+  const text = bytes.toString('utf8')
+  // A key can only spell `__proto__` or `constructor` literally or with `\u` escapes: without either in the
+  // bytes, secure-json-parse's two extra passes over the text would find nothing.
+  const plain = !scan.escapes && bytes.indexOf(PROTO) === -1 && bytes.indexOf(CONSTRUCTOR) === -1
+  try {
+    const value: unknown = plain ? JSON.parse(text) : sjson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
+    return { value, raw: { bytes, scan } }
+  } catch (err) {
+    return proxyError(/prototype property/.test((err as Error).message) ? 'FORBIDDEN_KEY' : 'INVALID_JSON')
+  }
 }
 
 export default fp(jsonBody, { name: 'oai-proxy-json-body', fastify: '5.x' })

@@ -163,6 +163,7 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
 
     // ASCII text without `\u` escapes normalises to its lower case, which the screen can read as is
     // (case-insensitively): when it finds nothing, no rule can match and nothing needs normalising.
+    await co.maybeYield()
     const screenedOut = scan.asciiText && !viewsOf(segments, segments.map((seg) => seg.text)).some((v) => s.rules.mayMatchAnyCase(v))
     if (s.rules.size > 0 && !screenedOut) {
       const text = await normalised(segments, co)
