@@ -34,8 +34,3 @@ export function overBudget (): boolean {
 export async function laterTurn (): Promise<void> {
   await new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve)))
 }
-
-/** Wait for a later turn if this one's budget is spent. */
-export async function fairTurn (): Promise<void> {
-  if (overBudget()) await laterTurn()
-}

@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module'
-import { fairTurn } from './loop-budget.js'
+import { laterTurn, overBudget } from './loop-budget.js'
 
 /*
  * The form prompt text is matched in. Both the text and every phrase go through the same steps, so a
@@ -93,7 +93,8 @@ const SLICE_CHARS = 32 * 1024
  */
 export class Cooperative {
   async maybeYield (): Promise<void> {
-    await fairTurn()
+    // Asked again after each wait: work from many requests may wake in the same turn.
+    while (overBudget()) await laterTurn()
   }
 }
 

@@ -37,12 +37,14 @@ function usageOf (frame: string): { total: number | null, usageOnly: boolean } {
 /** The parsing, shared by the stage and the listener: `feed` returns what may be passed on. */
 class UsageReader {
   readonly #opts: UsageTapOptions
-  readonly #decoder = new StringDecoder('utf8')
+  // SSE only: a JSON body is read from its tail, as bytes.
+  readonly #decoder: StringDecoder | null
   #pending = ''
   #tail = Buffer.alloc(0)
 
   constructor (opts: UsageTapOptions) {
     this.#opts = opts
+    this.#decoder = opts.mode === 'sse' ? new StringDecoder('utf8') : null
   }
 
   feed (chunk: Buffer): string {
@@ -50,7 +52,7 @@ class UsageReader {
       this.#tail = Buffer.concat([this.#tail, chunk]).subarray(-TAIL_BYTES)
       return ''
     }
-    this.#pending += this.#decoder.write(chunk)
+    this.#pending += (this.#decoder as StringDecoder).write(chunk)
     let out = ''
     // One shared global regex (no allocation per chunk); feed() never re-enters, so resetting is safe.
     FRAME.lastIndex = 0
@@ -69,7 +71,7 @@ class UsageReader {
       if (last !== undefined) this.#opts.onUsage(Number(last[1]))
       return ''
     }
-    const rest = this.#pending + this.#decoder.end()
+    const rest = this.#pending + (this.#decoder as StringDecoder).end()
     return rest.length > 0 ? this.#frame(rest) : ''
   }
 

@@ -46,8 +46,13 @@ const jsonBody: FastifyPluginAsync<JsonBodyOptions> = async (app, opts) => {
       request.oaiProxyRawBody = parsed.raw
       done(null, parsed.value)
     }
-    // A large body waits for a later turn of the event loop when this one has done its share of heavy work.
-    if (bytes.length >= LARGE_BODY && overBudget()) laterTurn().then(run, run)
+    // A large body waits for a later turn of the event loop while the current one has done its share of
+    // heavy work (asked again on waking: many bodies may wake in the same turn).
+    const attempt = (): void => {
+      if (overBudget()) laterTurn().then(attempt, attempt)
+      else run()
+    }
+    if (bytes.length >= LARGE_BODY) attempt()
     else run()
   })
 }

@@ -1,5 +1,6 @@
 import t from 'tap'
-import { fairTurn, laterTurn, overBudget, TURN_BUDGET_MS } from '../lib/loop-budget.js'
+import { laterTurn, overBudget, TURN_BUDGET_MS } from '../lib/loop-budget.js'
+import { Cooperative } from '../lib/normalise.js'
 import { chatBody, proxyTest } from './helper.js'
 
 /*
@@ -17,11 +18,12 @@ t.test('the budget opens with the first heavy work of a turn and is spent after 
   const order: string[] = []
   setTimeout(() => order.push('timer'), 0)
   busy(2) // the timer is due before the turn ends
-  await fairTurn()
+  const co = new Cooperative()
+  await co.maybeYield()
   order.push('work')
   t.strictSame(order, ['timer', 'work'], 'the waiting work runs after the due timer')
   t.equal(overBudget(), false, 'and in a fresh window')
-  await fairTurn()
+  await co.maybeYield()
   t.pass('with budget left, no wait')
 })
 
