@@ -26,7 +26,8 @@ export const MIN_LITERAL = 3
 
 class Unsupported extends Error {}
 
-const lit = (s: string): Info => ({ exact: [s], required: s.length > 0 ? [s] : null })
+/** One literal character (never empty). */
+const lit = (s: string): Info => ({ exact: [s], required: [s] })
 const ANY: Info = { exact: null, required: null }
 const EMPTY: Info = { exact: [''], required: null }
 

@@ -10,7 +10,12 @@ const { phrases, patterns } = workerData as { phrases: string[], patterns: strin
 const rules = new RuleSet(phrases, patterns)
 rules.warm()
 
-parentPort?.on('message', ({ id, texts }: { id: number, texts: string[] }) => {
+parentPort?.on('message', ({ id, texts, close }: { id: number, texts: string[], close?: true }) => {
+  // Asked to stop: with the port closed the thread has nothing left to wait for and exits.
+  if (close === true) {
+    parentPort?.close()
+    return
+  }
   let hit = null
   for (const text of texts) {
     hit = rules.first(text)

@@ -60,10 +60,19 @@ export class RuleWorker {
     return worker
   }
 
-  async close (): Promise<void> {
+  /**
+   * Stop the thread: asked to finish its queue and exit (so it shuts down cleanly, coverage and all), and
+   * terminated if it has not within `graceMs` (a very long match).
+   */
+  async close (graceMs = 1000): Promise<void> {
     const worker = this.#worker
     this.#worker = null
-    if (worker !== null) await worker.terminate()
+    if (worker === null) return
+    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()))
+    worker.postMessage({ close: true })
+    const timer = setTimeout(() => { worker.terminate().catch(() => {}) }, graceMs)
+    await exited
+    clearTimeout(timer)
   }
 }
 

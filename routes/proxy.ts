@@ -64,8 +64,8 @@ function usageStage (request: FastifyRequest, source: Readable, contentType: str
 class UpstreamAbort extends EventEmitter {
   aborted = false
 
+  /** Called once: when the client's response closes unfinished. */
   abort (): void {
-    if (this.aborted) return
     this.aborted = true
     this.emit('abort')
   }

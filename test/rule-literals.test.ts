@@ -48,6 +48,9 @@ t.test('required literals: what every match contains, or null when unknown', asy
     ['[abc', null],
     ['abc\\', null],
     ['abc{', null],
+    ['*abc', null],
+    ['+abc', null],
+    ['?abc', null],
     ['(?:a|b|c|d)(?:e|f|g|h)(?:i|j|k|l)xyz', ['ixyz', 'jxyz', 'kxyz', 'lxyz']],
     ['}]', null],
     ['}]x', ['}]x']]

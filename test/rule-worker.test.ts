@@ -25,10 +25,13 @@ t.test('the worker finds what the rule set finds, in the order of the texts', as
   t.match(await worker.first([texts[2] as string]), { id: 'phrase:1' }, 'the first rule in configuration order')
 })
 
-t.test('a worker that dies fails the requests in flight; the next request starts a new one', async (t) => {
+t.test('close drains the queue; past its grace the thread is terminated and what is in flight fails; then a new thread starts', async (t) => {
   const worker = new RuleWorker(PHRASES, PATTERNS)
-  const inFlight = worker.first([big('jail break')])
+  const drained = worker.first([big('jail break')])
   await worker.close()
+  t.match(await drained, { id: 'pattern:1' }, 'a request queued before close is answered')
+  const inFlight = worker.first([big('jail break')])
+  await worker.close(0)
   await t.rejects(inFlight, /exited/)
   t.match(await worker.first([big('jail break')]), { id: 'pattern:1' })
   await worker.close()
