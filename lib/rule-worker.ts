@@ -70,7 +70,7 @@ export class RuleWorker {
     if (worker === null) return
     const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()))
     worker.postMessage({ close: true })
-    const timer = setTimeout(() => { worker.terminate().catch(() => {}) }, graceMs)
+    const timer = setTimeout(() => worker.terminate(), graceMs)
     await exited
     clearTimeout(timer)
   }
