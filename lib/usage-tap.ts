@@ -34,6 +34,16 @@ function usageOf (frame: string): { total: number | null, usageOnly: boolean } {
   }
 }
 
+const USAGE = Buffer.from('"usage"')
+
+/** The chunk ends where a frame does (its last bytes are a blank line), so no frame or character is cut. */
+function endsFrame (chunk: Buffer): boolean {
+  const n = chunk.length
+  const last = chunk[n - 1]
+  if (last !== 0x0a && last !== 0x0d) return false
+  return chunk[n - 2] === last || (last === 0x0a && chunk[n - 2] === 0x0d && chunk[n - 3] === 0x0a && chunk[n - 4] === 0x0d)
+}
+
 /** The parsing, shared by the stage and the listener: `feed` returns what may be passed on. */
 class UsageReader {
   readonly #opts: UsageTapOptions
@@ -41,17 +51,23 @@ class UsageReader {
   readonly #decoder: StringDecoder | null
   #pending = ''
   #tail = Buffer.alloc(0)
+  /** Nothing is held from earlier chunks: the last one ended on a frame boundary, all of it passed on. */
+  #clean = true
 
   constructor (opts: UsageTapOptions) {
     this.#opts = opts
     this.#decoder = opts.mode === 'sse' ? new StringDecoder('utf8') : null
   }
 
-  feed (chunk: Buffer): string {
+  /** What may be passed on: `chunk` itself when it holds only whole frames none of which mentions usage. */
+  feed (chunk: Buffer): Buffer | string {
     if (this.#opts.mode === 'json') {
       this.#tail = Buffer.concat([this.#tail, chunk]).subarray(-TAIL_BYTES)
       return ''
     }
+    // Most chunks are whole frames of generated text: they need no decoding, splitting or re-encoding.
+    const whole = endsFrame(chunk)
+    if (this.#clean && whole && chunk.indexOf(USAGE) === -1) return chunk
     this.#pending += (this.#decoder as StringDecoder).write(chunk)
     let out = ''
     // One shared global regex (no allocation per chunk); feed() never re-enters, so resetting is safe.
@@ -62,6 +78,7 @@ class UsageReader {
       out += this.#frame(m[0])
     }
     this.#pending = this.#pending.slice(consumed)
+    this.#clean = whole && this.#pending.length === 0
     return out
   }
 
@@ -97,7 +114,8 @@ export class UsageTap extends Transform {
   override _transform (chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
     const out = this.#reader.feed(chunk)
     // JSON bodies pass byte for byte; SSE frames pass as the reader releases them.
-    done(null, this.#json ? chunk : out.length > 0 ? Buffer.from(out) : undefined)
+    if (this.#json || typeof out !== 'string') done(null, chunk)
+    else done(null, out.length > 0 ? Buffer.from(out) : undefined)
   }
 
   override _flush (done: TransformCallback): void {

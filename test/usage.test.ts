@@ -25,6 +25,36 @@ t.test('SSE: usage is read from the usage chunk, split anywhere, and the chunk h
   t.equal(shown.out, whole, 'passed through byte for byte when the client asked for it')
 })
 
+t.test('SSE: chunks cut at any byte (inside characters, frames and terminators) give the same output as one chunk', async (t) => {
+  const frames = [
+    'data: {"choices":[{"delta":{"content":"café 東京 🙂"}}]}\n\n',
+    'data: {"choices":[{"delta":{"content":"two"}}]}\r\n\r\n',
+    'data: {"choices":[{"delta":{"content":"\\n\\r"}}]}\r\r',
+    'data: {"choices":[{"delta":{"content":"x"}}]}\n\r\ndata: more\n\n',
+    usageChunk,
+    'data: [DONE]\n\n'
+  ]
+  const whole = Buffer.from(frames.join(''))
+  const expected = frames.filter((f) => f !== usageChunk).join('')
+  let seed = 7
+  const next = (n: number) => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n }
+  for (let run = 0; run < 300; run++) {
+    const cuts = [...new Set(Array.from({ length: 1 + next(8) }, () => next(whole.length)))].sort((a, b) => a - b)
+    const chunks: Buffer[] = []
+    let at = 0
+    for (const c of [...cuts, whole.length]) {
+      chunks.push(whole.subarray(at, c))
+      at = c
+    }
+    const seen: number[] = []
+    const out = await text(Readable.from(chunks).pipe(new UsageTap({ mode: 'sse', hideUsageChunk: true, onUsage: (n) => seen.push(n) })))
+    if (out !== expected || seen.join() !== '12') t.fail(`cuts ${cuts.join(',')}: ${JSON.stringify(out)} ${seen.join()}`)
+  }
+  const whole1 = await text(Readable.from(frames.map((f) => Buffer.from(f))).pipe(new UsageTap({ mode: 'sse', hideUsageChunk: true, onUsage: () => {} })))
+  t.equal(whole1, expected, 'frame by frame (the pass-through path)')
+  t.pass('300 random cuttings agree')
+})
+
 t.test('SSE: Responses usage comes from response.completed; CRLF framing survives', async (t) => {
   const done = 'event: response.completed\r\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":4,"total_tokens":7}}}\r\n\r\n'
   const created = 'event: response.created\r\ndata: {"type":"response.created","response":{"usage":null}}\r\n\r\n'
