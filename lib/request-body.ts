@@ -1,5 +1,4 @@
 import type { JsonScan } from './json-scan.js'
-import type { RequestAnalysis } from './request-analysis.js'
 
 /*
  * The bytes upstream receives. They must mean exactly what was validated and filtered, and cost as little as
@@ -16,17 +15,27 @@ export interface RawBody {
   scan: JsonScan
 }
 
+/** What the forwarder needs of a request's analysis (lib/request-analysis.ts). */
+export interface BodyState {
+  /** The validated body, changed only through `setField`/`deleteField`. */
+  body: Record<string, unknown> | null
+  /** Object members in the parsed body. */
+  members: number
+  /** Top-level fields the pipeline set or removed. */
+  patched: Set<string>
+}
+
 /** The parsed body repeats a key somewhere (JSON.parse kept the last value). */
-export const hasDuplicateKeys = (analysis: RequestAnalysis, raw: RawBody): boolean => analysis.members !== raw.scan.members
+export const hasDuplicateKeys = (analysis: BodyState, raw: RawBody): boolean => analysis.members !== raw.scan.members
 
 /** Set a top-level field of the body we forward. */
-export function setField (analysis: RequestAnalysis, key: string, value: unknown): void {
+export function setField (analysis: BodyState, key: string, value: unknown): void {
   (analysis.body as Record<string, unknown>)[key] = value
   analysis.patched.add(key)
 }
 
 /** Remove a top-level field from the body we forward. */
-export function deleteField (analysis: RequestAnalysis, key: string): void {
+export function deleteField (analysis: BodyState, key: string): void {
   delete (analysis.body as Record<string, unknown>)[key]
   analysis.patched.add(key)
 }
@@ -36,7 +45,7 @@ const COMMA = Buffer.from(',')
 const CLOSE = Buffer.from('}')
 
 /** The body to send upstream: the client's bytes when they can be shown to mean the checked value. */
-export function upstreamBody (analysis: RequestAnalysis, raw: RawBody | null): Buffer | string {
+export function upstreamBody (analysis: BodyState, raw: RawBody | null): Buffer | string {
   const body = analysis.body
   if (raw === null || hasDuplicateKeys(analysis, raw)) return JSON.stringify(body)
   if (analysis.patched.size === 0) return raw.bytes

@@ -141,7 +141,8 @@ class Parser {
       return ANY
     }
     if ('bBAz'.includes(e)) return EMPTY
-    if (/^[!-/:-@[-`{-~]$/.test(e)) return lit(e)
+    // An escaped ASCII punctuation character stands for itself.
+    if (e.charCodeAt(0) < 0x80 && !/[\dA-Za-z]/.test(e)) return lit(e)
     throw new Unsupported()
   }
 

@@ -1,5 +1,3 @@
-import type { RequestAnalysis } from './request-analysis.js'
-
 /*
  * Prompt-token estimates for admission (tokens per minute) without a tokenizer. The reservation is
  * settled with upstream's real `usage`, so an estimate only has to be cheap and not under the truth.
@@ -196,13 +194,22 @@ export function estimateTextTokens (text: string): number {
   return Math.min(bytes, Math.ceil(Math.max(cost * MARGIN, bytes / WORST_CASE_FACTOR)))
 }
 
+/** What the estimate reads of a request's analysis (lib/request-analysis.ts). */
+export interface PromptInputs {
+  body: Record<string, unknown> | null
+  /** Every string under the prompt fields but binary payloads. */
+  estimateText: readonly string[]
+  binaryParts: number
+  integers: number
+}
+
 /**
  * Prompt tokens of an analysed request (lib/request-analysis.ts): binary payloads at a flat cost, token ids
  * one each, the framing of each chat message, and the text. A long string (past FULL_SCAN) is estimated on
  * its own, from samples; the short ones are estimated together, so the JavaScript work stays bounded however
  * many strings a body holds, and no large string is copied into a joined one.
  */
-export function estimatePrompt (analysis: Pick<RequestAnalysis, 'body' | 'estimateText' | 'binaryParts' | 'integers'>): number {
+export function estimatePrompt (analysis: PromptInputs): number {
   const messages = analysis.body?.messages
   let tokens = (Array.isArray(messages) ? messages.length * PER_MESSAGE : 0) + analysis.binaryParts * BINARY_TOKENS + analysis.integers
   const short: string[] = []
