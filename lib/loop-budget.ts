@@ -7,7 +7,7 @@
  */
 
 /** Heavy work allowed in one turn of the event loop before the rest waits for the next turn. */
-export const TURN_BUDGET_MS = 3
+export const TURN_BUDGET_MS = 2
 
 let windowStart = -1
 
