@@ -62,9 +62,9 @@ export class RuleWorker {
 
   /**
    * Stop the thread: asked to finish its queue and exit (so it shuts down cleanly, coverage and all), and
-   * terminated if it has not within `graceMs` (a very long match).
+   * terminated if it has not within `graceMs` (a thread still starting under load, or a very long match).
    */
-  async close (graceMs = 1000): Promise<void> {
+  async close (graceMs = 5000): Promise<void> {
     const worker = this.#worker
     this.#worker = null
     if (worker === null) return
