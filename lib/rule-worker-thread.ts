@@ -9,6 +9,7 @@ import { RuleSet } from './filter-rules.js'
 const { phrases, patterns } = workerData as { phrases: string[], patterns: string[] }
 const rules = new RuleSet(phrases, patterns)
 rules.warm()
+parentPort?.postMessage({ ready: true })
 
 parentPort?.on('message', ({ id, texts, close }: { id: number, texts: string[], close?: true }) => {
   // Asked to stop: with the port closed the thread has nothing left to wait for and exits.

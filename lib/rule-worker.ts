@@ -19,11 +19,22 @@ const THREAD = new URL(`./rule-worker-thread${import.meta.url.slice(import.meta.
 export class RuleWorker {
   readonly #rules: { phrases: readonly string[], patterns: readonly string[] }
   #worker: Worker | null = null
+  /** The current thread has compiled its rules and answers at once. */
+  #ready = false
   #next = 1
   readonly #pending = new Map<number, Pending>()
 
   constructor (phrases: readonly string[] = [], patterns: readonly string[] = []) {
     this.#rules = { phrases, patterns }
+  }
+
+  /**
+   * Whether the thread is up with its rules compiled; if not, it is started. Until then callers match on
+   * their own thread: compiling many rules takes seconds (1,000 phrases: ~6 s), which no request should wait for.
+   */
+  get ready (): boolean {
+    if (this.#worker === null) this.#start()
+    return this.#ready
   }
 
   /** The first rule matching any of `texts` (normalised), in the order given, as RuleSet.first would find it. */
@@ -40,14 +51,21 @@ export class RuleWorker {
     const worker = new Worker(THREAD, { workerData: this.#rules })
     // An idle thread must not keep a process alive (tests, a host app shutting down without close()).
     worker.unref()
-    worker.on('message', ({ id, hit }: { id: number, hit: RuleMatch | null }) => {
+    worker.on('message', ({ id, hit, ready }: { id: number, hit: RuleMatch | null, ready?: true }) => {
+      if (ready === true) {
+        this.#ready = this.#worker === worker
+        return
+      }
       this.#pending.get(id)?.resolve(hit)
       this.#pending.delete(id)
     })
     // Only this thread's requests fail: a thread that exits after its replacement started must not take the
     // new thread's requests with it.
     const fail = (err: Error): void => {
-      if (this.#worker === worker) this.#worker = null
+      if (this.#worker === worker) {
+        this.#worker = null
+        this.#ready = false
+      }
       for (const [id, p] of this.#pending) {
         if (p.worker !== worker) continue
         p.reject(err)
@@ -67,6 +85,7 @@ export class RuleWorker {
   async close (graceMs = 5000): Promise<void> {
     const worker = this.#worker
     this.#worker = null
+    this.#ready = false
     if (worker === null) return
     const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()))
     worker.postMessage({ close: true })
@@ -81,13 +100,13 @@ export const WORKER_MIN_CHARS = 64 * 1024
 
 /**
  * The first rule matching any of `views` (normalised, in order): the screen runs here; the automaton runs in
- * `worker` when the texts it must read are large, and here otherwise, or when the worker fails (logged as a
- * warning: a verdict is never skipped).
+ * `worker` when the texts it must read are large and the worker is ready, and here otherwise, or when the
+ * worker fails (logged as a warning: a verdict is never skipped).
  */
 export async function firstMatch (rules: RuleSet, worker: RuleWorker | null, views: readonly string[], co: Cooperative, log: FastifyBaseLogger): Promise<RuleMatch | null> {
   const texts = views.filter((v) => rules.mayMatch(v))
   if (texts.length === 0) return null
-  if (worker !== null && texts.reduce((n, v) => n + v.length, 0) >= WORKER_MIN_CHARS) {
+  if (worker !== null && texts.reduce((n, v) => n + v.length, 0) >= WORKER_MIN_CHARS && worker.ready) {
     try {
       return await worker.first(texts)
     } catch (err) {

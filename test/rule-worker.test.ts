@@ -38,6 +38,17 @@ t.test('close drains the queue; past its grace the thread is terminated and what
   await worker.close()
 })
 
+t.test('a worker is ready once its rules are compiled; until then large texts are matched here', async (t) => {
+  const rules = new RuleSet(PHRASES, PATTERNS)
+  const worker = new RuleWorker(PHRASES, PATTERNS)
+  t.teardown(() => worker.close())
+  const log = { warn: () => { t.fail('no worker error expected') } } as unknown as FastifyBaseLogger
+  t.equal(worker.ready, false, 'asking starts it')
+  t.match(await firstMatch(rules, worker, [big('jail break')], new Cooperative(), log), { id: 'pattern:1' }, 'matched here meanwhile')
+  while (!worker.ready) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.match(await firstMatch(rules, worker, [big('secret key')], new Cooperative(), log), { id: 'pattern:2' }, 'then in the worker')
+})
+
 t.test('a worker thread that crashes fails its requests and is replaced', async (t) => {
   const worker = new RuleWorker(PHRASES, PATTERNS)
   t.teardown(() => worker.close())
@@ -50,7 +61,7 @@ t.test('firstMatch: screened here, large texts in the worker, small ones here, a
   const rules = new RuleSet(PHRASES, PATTERNS)
   const co = new Cooperative()
   let calls = 0
-  const failing = { first: async () => { calls++; throw new Error('worker down') } } as unknown as RuleWorker
+  const failing = { ready: true, first: async () => { calls++; throw new Error('worker down') } } as unknown as RuleWorker
   const errors: string[] = []
   const onError = { warn: (obj: { err: Error }) => { errors.push(obj.err.message) } } as unknown as FastifyBaseLogger
   t.equal(await firstMatch(rules, failing, [big('nothing to see')], co, onError), null)
@@ -59,7 +70,7 @@ t.test('firstMatch: screened here, large texts in the worker, small ones here, a
   t.equal(calls, 0, 'short text is matched here')
   t.match(await firstMatch(rules, failing, [big('jail break')], co, onError), { id: 'pattern:1' })
   t.strictSame([calls, errors], [1, ['worker down']], 'the failure is reported and the verdict still made')
-  t.equal(await firstMatch(rules, failing, [big('ignore'), big('previous')], co, onError), null, 'a screen hit without a match')
+  t.equal(await firstMatch(rules, failing, [big('instructions'), big('previous')], co, onError), null, 'a screen hit without a match')
   t.equal((await firstMatch(rules, null, [big('instructions'), 'x', big('jail break')], co, onError))?.id, 'pattern:1', 'no worker: all here')
 })
 
