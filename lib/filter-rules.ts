@@ -17,8 +17,26 @@ export class RuleError extends Error {
   }
 }
 
-/** Anything that is not a letter or a digit: word separators, punctuation, and the joins between fields. */
-const SEP = '[^\\p{L}\\p{N}]'
+/**
+ * Anything that is not a letter or a digit: word separators, punctuation, and the joins between fields. The
+ * phrase patterns run on the *phrase view* of the text (`phraseView`), where every character outside ASCII
+ * that is not a letter or digit reads as a space, so this class needs only ASCII. Written as
+ * `[^\p{L}\p{N}]`, RE2JS stores ~700 ranges for each of the hundreds of places a phrase set uses it: 40
+ * phrases took ~30 MB of memory to compile.
+ */
+export const PHRASE_SEPARATOR = '[\\x00-\\x2f\\x3a-\\x40\\x5b-\\x60\\x7b-\\x7f]'
+const SEP = PHRASE_SEPARATOR
+const NON_ASCII = /[^\p{ASCII}]/u
+const NON_ASCII_SEPARATOR = /[^\p{L}\p{N}\p{ASCII}]/gu
+
+/**
+ * The text phrases are matched in: normalised text with each character outside ASCII that is neither a letter
+ * nor a digit replaced by a space (one code point for one, so a phrase matches here exactly where it would
+ * match the original with `[^\p{L}\p{N}]` as its separator).
+ */
+export function phraseView (text: string): string {
+  return NON_ASCII.test(text) ? text.replace(NON_ASCII_SEPARATOR, ' ') : text
+}
 /** Scripts written without spaces between words: a phrase in them has no word boundary to look for. */
 const UNSPACED = /[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Thai}\p{Script=Lao}\p{Script=Khmer}\p{Script=Myanmar}]/u
 
@@ -83,6 +101,8 @@ export interface RuleMatch {
  */
 export interface CompiledRule {
   id: string
+  /** A phrase: runs on the phrase view of the text. */
+  phrase: boolean
   /** The RE2 pattern. */
   source: string
   /** JavaScript regex alternatives one of which every match's text matches too (lower case); null when none is known. */
@@ -99,10 +119,10 @@ export function compileRules (phrases: readonly string[] = [], patterns: readonl
   }
   const literals = (source: string): string[] | null => requiredLiterals(source)?.map(escapeJs) ?? null
   return [
-    ...phrases.map((p, i) => rule('phrases', 'phrase', () => ({ source: phrasePattern(p), screen: phraseScreen(p) }), i)),
+    ...phrases.map((p, i) => rule('phrases', 'phrase', () => ({ phrase: true, source: phrasePattern(p), screen: phraseScreen(p) }), i)),
     ...patterns.map((p, i) => rule('patterns', 'pattern', () => {
       const source = checkPattern(p)
-      return { source, screen: literals(source) }
+      return { phrase: false, source, screen: literals(source) }
     }, i))
   ]
 }
@@ -119,7 +139,9 @@ function part (rules: readonly CompiledRule[], indexes: number[]): Part | null {
 }
 
 export class RuleSet {
-  /** Rules with a screen: their automaton runs only on text the screen matches. */
+  /** Phrases (each has a screen): their automaton runs on the phrase view of text the screen matches. */
+  readonly #phrases: Part | null
+  /** Patterns with a screen: their automaton runs only on text the screen matches. */
   readonly #screened: Part | null
   readonly #screen: RegExp | null
   /** The same, case-insensitive: for ASCII text, whose normal form is its lower case. */
@@ -128,6 +150,7 @@ export class RuleSet {
   readonly #always: Part | null
   readonly #sources: string[]
   readonly #ids: string[]
+  readonly #isPhrase: boolean[]
   readonly #single = new Map<number, RE2JS>()
 
   /** Throws `RuleError` naming the option and 0-based entry that cannot be used. */
@@ -135,9 +158,11 @@ export class RuleSet {
     const rules = compileRules(phrases, patterns)
     this.#sources = rules.map((r) => r.source)
     this.#ids = rules.map((r) => r.id)
+    this.#isPhrase = rules.map((r) => r.phrase)
     const all = rules.map((_, i) => i)
     const screened = all.filter((i) => rules[i]?.screen !== null)
-    this.#screened = part(rules, screened)
+    this.#phrases = part(rules, screened.filter((i) => rules[i]?.phrase === true))
+    this.#screened = part(rules, screened.filter((i) => rules[i]?.phrase === false))
     // Many rules share a word ("ignore ... instructions"): each alternative once.
     const alternatives = new Set(screened.flatMap((i) => rules[i]?.screen as string[]))
     this.#screen = screened.length === 0 ? null : new RegExp([...alternatives].join('|'))
@@ -159,6 +184,7 @@ export class RuleSet {
     const text = normalise(sample.repeat(256))
     this.#screen?.test(text)
     for (const p of [this.#always, this.#screened]) p?.set.match(text)
+    this.#phrases?.set.match(phraseView(text))
   }
 
   /** How many rules run on every text because no screen is known for them (for the start-up log). */
@@ -186,8 +212,13 @@ export class RuleSet {
    */
   first (text: string): RuleMatch | null {
     const hits: number[] = []
-    for (const p of [this.#always, this.#screen?.test(text) === true ? this.#screened : null]) {
-      if (p !== null) for (const h of p.set.match(text)) hits.push(p.index[h] as number)
+    const run = (p: Part | null, t: string): void => {
+      if (p !== null) for (const h of p.set.match(t)) hits.push(p.index[h] as number)
+    }
+    run(this.#always, text)
+    if (this.#screen?.test(text) === true) {
+      run(this.#screened, text)
+      if (this.#phrases !== null) run(this.#phrases, phraseView(text))
     }
     if (hits.length === 0) return null
     const index = Math.min(...hits)
@@ -204,8 +235,9 @@ export class RuleSet {
       re = RE2JS.compile(this.#sources[rule.index] as string, RE2JS.CASE_INSENSITIVE)
       this.#single.set(rule.index, re)
     }
+    const view = this.#isPhrase[rule.index] === true ? phraseView : (t: string) => t
     for (let i = 0; i < texts.length; i++) {
-      if (re.test(texts[i] as string)) return i
+      if (re.test(view(texts[i] as string))) return i
       await co.maybeYield()
     }
     return -1

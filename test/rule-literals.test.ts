@@ -1,7 +1,7 @@
 import fc from 'fast-check'
 import { RE2JS, RE2Set } from 're2js'
 import t from 'tap'
-import { compileRules, RuleSet } from '../lib/filter-rules.js'
+import { compileRules, PHRASE_SEPARATOR, RuleSet } from '../lib/filter-rules.js'
 import { normalise } from '../lib/normalise.js'
 import { requiredLiterals } from '../lib/rule-literals.js'
 
@@ -70,10 +70,12 @@ t.test('rules without a known literal run on every text; the others only when th
   t.equal(rules.first(normalise('a perfectly ordinary prompt')), null)
 })
 
-t.test('differential: the screened set finds exactly what the plain set finds', async (t) => {
+t.test('differential: the screened set (phrases on the phrase view) finds exactly what the plain set finds', async (t) => {
   const rules = new RuleSet(PHRASES, PATTERNS)
   const plain = new RE2Set(RE2Set.UNANCHORED, RE2JS.CASE_INSENSITIVE)
-  for (const r of compileRules(PHRASES, PATTERNS)) plain.add(r.source)
+  // The reference is the rules as first specified: phrases separated by any character that is not a letter or
+  // digit, run on the normalised text itself (the set under test runs them on the phrase view instead).
+  for (const r of compileRules(PHRASES, PATTERNS)) plain.add(r.source.replaceAll(PHRASE_SEPARATOR, '[^\\p{L}\\p{N}]'))
   plain.compile()
   const reference = (text: string): number | null => {
     const hits = plain.match(text)
@@ -84,7 +86,7 @@ t.test('differential: the screened set finds exactly what the plain set finds', 
   // Pieces of the rules, separators of every kind and characters whose case folds are unusual.
   const piece = fc.constantFrom('ignore', 'previous', 'instructions', 'i', 'g', 'n', 'o', 'r', 'e', 'jail', 'break', 'bomb', 'a', 'dan', 'do', 'say',
     'anything', 'now', 'secret', 'key', '555', '1234', 'x', 'y', 'z', 'color', 'colour', 'scheme', '東京', 'の', '天気', 'straße', 'strasse', 'tax',
-    ' ', '  ', '.', '-', '_', '\n', '…', '🙂', '\u200b', 'ſ', 'K', 'İ', 'і', 'о', 'Ⅰ', 'ＩＧＮＯＲＥ', 'Ｋ', 'ß', 'ǅ', 'µ', 'ς', '\\u0069', '<', '|')
+    ' ', '  ', '.', '-', '_', '\n', '…', '🙂', '\u200b', '€', '“', '¿', '\ud800', '🙂🙂🙂', 'ſ', 'K', 'İ', 'і', 'о', 'Ⅰ', 'ＩＧＮＯＲＥ', 'Ｋ', 'ß', 'ǅ', 'µ', 'ς', '\\u0069', '<', '|')
   // A phrase as an evader writes it: words whole or letter-spaced, joined by one to four separators (the
   // rule allows three between letters: four must not match), sometimes with a letter dropped.
   const sep = fc.array(fc.constantFrom(' ', '.', '-', '🙂', '\n', '_', '​'), { minLength: 0, maxLength: 4 }).map((a) => a.join(''))
