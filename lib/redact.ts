@@ -29,15 +29,25 @@ export function secretForms (secrets: readonly string[]): string[] {
  * The forms as Buffers, computed once per secrets list: the proxy route builds a redactor per response,
  * always from the same `oaiProxyKeys.secrets` array.
  */
-const buffersOf = new WeakMap<readonly string[], Buffer[]>()
-function secretBuffers (secrets: readonly string[]): Buffer[] {
+const buffersOf = new WeakMap<readonly string[], SecretBytes[]>()
+/** A secret's bytes, and which byte values occur in it before its last byte (where a held-back tail can end). */
+interface SecretBytes { bytes: Buffer, inPrefix: Uint8Array }
+
+function secretBuffers (secrets: readonly string[]): SecretBytes[] {
   let buffers = buffersOf.get(secrets)
   if (buffers === undefined) {
-    buffers = secretForms(secrets).map((s) => Buffer.from(s))
+    buffers = secretForms(secrets).map((s) => {
+      const bytes = Buffer.from(s)
+      const inPrefix = new Uint8Array(256)
+      for (const b of bytes.subarray(0, bytes.length - 1)) inPrefix[b] = 1
+      return { bytes, inPrefix }
+    })
     buffersOf.set(secrets, buffers)
   }
   return buffers
 }
+
+const EMPTY = Buffer.alloc(0)
 
 /** Scrub an upstream error text: exact secrets first, then anything shaped like a key or an account id. */
 export function redactText (text: string, secrets: readonly string[]): string {
@@ -54,9 +64,9 @@ export function redactText (text: string, secrets: readonly string[]): string {
  * tail that could be the start of a secret, so an SSE frame (which ends in "\n\n") is never delayed.
  */
 export class SecretRedactor extends Transform {
-  readonly #secrets: Buffer[]
+  readonly #secrets: SecretBytes[]
   readonly #replacement = Buffer.from(REDACTED)
-  #carry: Buffer = Buffer.alloc(0)
+  #carry: Buffer = EMPTY
 
   constructor (secrets: readonly string[]) {
     super()
@@ -68,7 +78,7 @@ export class SecretRedactor extends Transform {
     // first, e.g. a key ending in "s") must be cut now, not mistaken for the start of another.
     const clean = this.#scrub(this.#carry.length > 0 ? Buffer.concat([this.#carry, chunk]) : chunk)
     const hold = this.#holdback(clean)
-    this.#carry = hold > 0 ? Buffer.from(clean.subarray(clean.length - hold)) : Buffer.alloc(0)
+    this.#carry = hold > 0 ? Buffer.from(clean.subarray(clean.length - hold)) : EMPTY
     if (clean.length > hold) this.push(clean.subarray(0, clean.length - hold))
     done()
   }
@@ -79,11 +89,11 @@ export class SecretRedactor extends Transform {
   }
 
   #scrub (data: Buffer): Buffer {
-    const cuts: Array<[number, number]> = []
-    for (const s of this.#secrets) {
-      for (let at = data.indexOf(s); at !== -1; at = data.indexOf(s, at + s.length)) cuts.push([at, at + s.length])
+    let cuts: Array<[number, number]> | null = null
+    for (const { bytes: s } of this.#secrets) {
+      for (let at = data.indexOf(s); at !== -1; at = data.indexOf(s, at + s.length)) (cuts ??= []).push([at, at + s.length])
     }
-    if (cuts.length === 0) return data
+    if (cuts === null) return data
     cuts.sort((a, b) => a[0] - b[0])
     const parts: Buffer[] = []
     let pos = 0
@@ -99,7 +109,11 @@ export class SecretRedactor extends Transform {
   /** Length of the longest tail of `data` that is a proper prefix of some secret (0 if none). */
   #holdback (data: Buffer): number {
     let hold = 0
-    for (const s of this.#secrets) {
+    const last = data[data.length - 1] as number
+    for (const { bytes: s, inPrefix } of this.#secrets) {
+      // A tail that starts a secret ends in a byte of the secret's prefix: an SSE frame ends in a newline,
+      // which no secret holds, so this is usually the whole check.
+      if (inPrefix[last] !== 1) continue
       const from = Math.max(0, data.length - s.length + 1)
       for (let i = from; i < data.length; i++) {
         const tail = data.length - i
