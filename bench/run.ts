@@ -1,15 +1,17 @@
 import { randomBytes } from 'node:crypto'
 import { loadavg } from 'node:os'
 import { performance } from 'node:perf_hooks'
+import { setTimeout as pause } from 'node:timers/promises'
 import { startChild, type Child } from './children.js'
 import { ALL_FEATURES } from './features.js'
 import { filterTable, runFilterScenario } from './filter-scenario.js'
 import { limitsTable, runLimitsScenario } from './limits-scenario.js'
-import { newPool, newTally, runCount, runFor, sseBurst, type Burst, type Tally, type Target } from './load.js'
+import { newPool, newTally, runCount, runFor, sseBurst, type Tally } from './load.js'
 import { busiest, machine, showBusy } from './machine.js'
-import { showTcp, tcpCounters, tcpDelta, type TcpCounters } from './netstat.js'
+import { showTcp } from './netstat.js'
 import type { LoopDelay, ProbeStats } from './probe.js'
-import { fmt, mb, round, summarize, table } from './stats.js'
+import { burstSummary, cpuMicros, ssePhase, type Side } from './sse-phase.js'
+import { fmt, markdown, mb, merge, round, sumErrors, summarize, table } from './stats.js'
 
 /*
  * `npm run bench`: three proxies and the fake upstream directly, side by side in one run.
@@ -56,7 +58,6 @@ function selected (): ProxyName[] {
 }
 
 const log = (msg: string): void => { process.stderr.write(`# ${msg}\n`) }
-const pause = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 /** A chat completion request of exactly `bytes` bytes (the prompt padded with lorem ipsum). */
 function chatBody (bytes: number, extra: Record<string, unknown> = {}): Buffer {
@@ -71,9 +72,6 @@ const bigBody = chatBody(BIG.bytes)
 const streamBody = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'a '.repeat(100).trim() }] }))
 
 /** One target: where the load goes, and the child process to ask for RSS, CPU and loop delay (not for direct). */
-interface Side { name: string, target: Target, child?: Child }
-
-const cpuMicros = (a: NodeJS.CpuUsage, b: NodeJS.CpuUsage): number => (b.user - a.user) + (b.system - a.system)
 const rps = (t: Tally): number => t.ok / (t.elapsedMs / 1000)
 
 interface Rounds { tally: Tally, cpuUs: number, delays: LoopDelay[] }
@@ -98,47 +96,6 @@ async function inRounds (sides: readonly Side[], rounds: number, run: (s: Side, 
       await pause(100)
     }
   }
-  return out
-}
-
-function burstSummary (b: Burst) {
-  const ok = b.results.filter((r) => r.status === 200)
-  const errors: Record<string, number> = {}
-  for (const r of b.results) {
-    const key = r.error ?? (r.status !== 200 ? `HTTP ${String(r.status)}` : r.done ? undefined : 'no [DONE]')
-    if (key !== undefined) errors[key] = (errors[key] ?? 0) + 1
-  }
-  const ttfb = summarize(ok.flatMap((r) => (r.ttfbMs === undefined ? [] : [r.ttfbMs])))
-  const total = summarize(ok.flatMap((r) => (r.totalMs === undefined ? [] : [r.totalMs])))
-  const frames = ok.map((r) => r.frames)
-  return {
-    started: b.results.length,
-    responded: b.results.filter((r) => r.status !== undefined).length,
-    completed: b.results.filter((r) => r.done).length,
-    peakOpen: b.peakOpen,
-    wallMs: round(b.wallMs),
-    ttfbP50: round(ttfb.p50),
-    ttfbP99: round(ttfb.p99),
-    durationP50: round(total.p50),
-    durationP99: round(total.p99),
-    framesMin: frames.length > 0 ? Math.min(...frames) : 0,
-    framesMax: frames.length > 0 ? Math.max(...frames) : 0,
-    errors
-  }
-}
-
-/** A markdown table, columns padded so that it also reads in a terminal. */
-function markdown (rows: readonly string[][]): string {
-  const widths: number[] = []
-  for (const row of rows) row.forEach((cell, i) => { widths[i] = Math.max(widths[i] ?? 3, cell.length) })
-  const line = (row: readonly string[]) => `| ${row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join(' | ')} |`
-  return [line(rows[0] ?? []), line(widths.map((w) => '-'.repeat(w))), ...rows.slice(1).map(line)].join('\n')
-}
-
-const sumErrors = (e: Record<string, number>): number => Object.values(e).reduce((a, b) => a + b, 0)
-const merge = (...all: Array<Record<string, number>>): Record<string, number> => {
-  const out: Record<string, number> = {}
-  for (const e of all) for (const [k, v] of Object.entries(e)) out[k] = (out[k] ?? 0) + v
   return out
 }
 
@@ -200,49 +157,7 @@ async function main (): Promise<void> {
     const bigEnd = await statsOf('stats')
 
     log(`3/${steps} ${SSE.streams} concurrent SSE streams, one target at a time, ${SSE.rounds} bursts per target`)
-    interface Mem { rssBefore: number, peakRss: number, bytesPerStream: number, cpuUs: number }
-    const bursts = new Map(sides.map((s) => [s.name, { bursts: [] as Burst[], tcp: [] as TcpCounters[], mem: [] as Mem[] }]))
-    for (let r = 0; r < SSE.rounds; r++) {
-      for (const s of r % 2 === 0 ? sides : [...sides].reverse()) {
-        const acc = get(bursts, s.name)
-        await pause(1000)
-        // A full GC first, so that the heap grown by the earlier phases (256 KB bodies) is not what the
-        // streams fill; RSS barely shrinks, so this narrows the bias rather than removing it.
-        await s.child?.call('gc')
-        const before = await s.child?.call<ProbeStats>('mark')
-        const tcp = tcpCounters()
-        const burst = await sseBurst(s.target.origin, s.target.headers, streamBody, SSE.streams, SSE.timeoutMs)
-        const after = await s.child?.call<ProbeStats>('stats')
-        acc.bursts.push(burst)
-        acc.tcp.push(tcpDelta(tcp, tcpCounters()))
-        if (before !== undefined && after !== undefined) {
-          acc.mem.push({ rssBefore: before.rss, peakRss: after.phasePeak, bytesPerStream: (after.phasePeak - before.rss) / Math.max(1, burst.peakOpen), cpuUs: cpuMicros(before.cpu, after.cpu) })
-        }
-      }
-    }
-    // The bursts of a target pooled: TTFB and duration percentiles over all their streams. Memory: the
-    // burst with the most bytes per open stream (a later burst reuses memory an earlier one grew).
-    const sse = new Map([...bursts].map(([name, acc]) => {
-      const pooled = burstSummary({ results: acc.bursts.flatMap((b) => b.results), peakOpen: Math.max(...acc.bursts.map((b) => b.peakOpen)), wallMs: Math.max(...acc.bursts.map((b) => b.wallMs)) })
-      const tcp: TcpCounters = {}
-      for (const d of acc.tcp) for (const [k, v] of Object.entries(d) as Array<[keyof TcpCounters, number]>) tcp[k] = (tcp[k] ?? 0) + v
-      const mem = acc.mem.reduce<Mem | undefined>((a, b) => (a === undefined || b.bytesPerStream > a.bytesPerStream ? b : a), undefined)
-      return [name, {
-        ...pooled,
-        peakOpenPerBurst: acc.bursts.map((b) => b.peakOpen),
-        wallMsPerBurst: acc.bursts.map((b) => round(b.wallMs)),
-        tcp,
-        ...(mem === undefined
-          ? {}
-          : {
-              rssBefore: mem.rssBefore,
-              peakRss: Math.max(...acc.mem.map((m) => m.peakRss)),
-              bytesPerStream: mem.bytesPerStream,
-              bytesPerStreamPerBurst: acc.mem.map((m) => Math.round(m.bytesPerStream)),
-              cpuUsPerStream: acc.mem.reduce((a, m) => a + m.cpuUs, 0) / pooled.started
-            })
-      }] as const
-    }))
+    const sse = await ssePhase(sides, streamBody, SSE)
 
     log(`4/${steps} idle RSS ${SETTLE_MS} ms after the last phase`)
     await pause(SETTLE_MS)

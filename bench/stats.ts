@@ -32,3 +32,18 @@ export function table (rows: readonly string[][]): string {
   for (const row of rows) row.forEach((cell, i) => { widths[i] = Math.max(widths[i] ?? 0, cell.length) })
   return rows.map((row) => row.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join('  ').trimEnd()).join('\n')
 }
+
+/** A markdown table, columns padded so that it also reads in a terminal. */
+export function markdown (rows: readonly string[][]): string {
+  const widths: number[] = []
+  for (const row of rows) row.forEach((cell, i) => { widths[i] = Math.max(widths[i] ?? 3, cell.length) })
+  const line = (row: readonly string[]) => `| ${row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join(' | ')} |`
+  return [line(rows[0] ?? []), line(widths.map((w) => '-'.repeat(w))), ...rows.slice(1).map(line)].join('\n')
+}
+
+export const sumErrors = (e: Record<string, number>): number => Object.values(e).reduce((a, b) => a + b, 0)
+export const merge = (...all: Array<Record<string, number>>): Record<string, number> => {
+  const out: Record<string, number> = {}
+  for (const e of all) for (const [k, v] of Object.entries(e)) out[k] = (out[k] ?? 0) + v
+  return out
+}
