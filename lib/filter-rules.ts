@@ -1,5 +1,6 @@
 import { RE2JS, RE2Set } from 're2js'
-import { Cooperative, normalise } from './normalise.js'
+import { yieldTurn } from './loop-budget.js'
+import { normalise } from './normalise.js'
 import { requiredLiterals } from './rule-literals.js'
 
 /*
@@ -229,7 +230,7 @@ export class RuleSet {
    * Which piece of text a matched rule is in: the index into `texts`, or -1 when the match only exists
    * across pieces (a phrase split between two messages). Only runs on the refusal path.
    */
-  async locate (rule: RuleMatch, texts: readonly string[], co: Cooperative): Promise<number> {
+  async locate (rule: RuleMatch, texts: readonly string[]): Promise<number> {
     let re = this.#single.get(rule.index)
     if (re === undefined) {
       re = RE2JS.compile(this.#sources[rule.index] as string, RE2JS.CASE_INSENSITIVE)
@@ -238,7 +239,7 @@ export class RuleSet {
     const view = this.#isPhrase[rule.index] === true ? phraseView : (t: string) => t
     for (let i = 0; i < texts.length; i++) {
       if (re.test(view(texts[i] as string))) return i
-      await co.maybeYield()
+      await yieldTurn()
     }
     return -1
   }

@@ -34,3 +34,11 @@ export function overBudget (): boolean {
 export async function laterTurn (): Promise<void> {
   await new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve)))
 }
+
+/**
+ * Wait for a later turn while this one's budget of heavy work is spent; asked again on waking, since work
+ * from many requests may wake in the same turn.
+ */
+export async function yieldTurn (): Promise<void> {
+  while (overBudget()) await laterTurn()
+}

@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module'
-import { laterTurn, overBudget } from './loop-budget.js'
+import { yieldTurn } from './loop-budget.js'
 
 /*
  * The form prompt text is matched in. Both the text and every phrase go through the same steps, so a
@@ -88,17 +88,6 @@ export function normalise (text: string): string {
 const SLICE_CHARS = 32 * 1024
 
 /**
- * Gives the event loop a turn whenever the heavy work of this turn, all requests together, exceeds its
- * budget (lib/loop-budget.ts), so large prompts never stall other requests and streams for long.
- */
-export class Cooperative {
-  async maybeYield (): Promise<void> {
-    // Asked again after each wait: work from many requests may wake in the same turn.
-    while (overBudget()) await laterTurn()
-  }
-}
-
-/**
  * Where a long string may be cut without changing its normal form: just before an ASCII character, which
  * has combining class 0, so no decomposition or canonical reordering crosses it; the one context-sensitive
  * case mapping (final sigma) ends up as the same homoglyph either way. Falls back to any non-mark
@@ -121,14 +110,14 @@ function cutPoint (text: string, from: number, to: number): number {
 }
 
 /** `normalise` for text of any length, in slices, yielding to the event loop between them. */
-export async function normaliseLong (text: string, co: Cooperative): Promise<string> {
+export async function normaliseLong (text: string): Promise<string> {
   if (text.length <= SLICE_CHARS) return normalise(text)
   const parts: string[] = []
   for (let at = 0; at < text.length;) {
     const end = cutPoint(text, at, at + SLICE_CHARS)
     parts.push(normalise(text.slice(at, end)))
     at = end
-    await co.maybeYield()
+    await yieldTurn()
   }
   return parts.join('')
 }

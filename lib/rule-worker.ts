@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads'
 import type { FastifyBaseLogger } from 'fastify'
 import type { RuleMatch, RuleSet } from './filter-rules.js'
-import type { Cooperative } from './normalise.js'
+import { yieldTurn } from './loop-budget.js'
 
 /*
  * One worker thread that runs the filter's RE2 automaton over large texts. re2js matches at ~150 MB/s in
@@ -103,7 +103,7 @@ export const WORKER_MIN_CHARS = 64 * 1024
  * `worker` when the texts it must read are large and the worker is ready, and here otherwise, or when the
  * worker fails (logged as a warning: a verdict is never skipped).
  */
-export async function firstMatch (rules: RuleSet, worker: RuleWorker | null, views: readonly string[], co: Cooperative, log: FastifyBaseLogger): Promise<RuleMatch | null> {
+export async function firstMatch (rules: RuleSet, worker: RuleWorker | null, views: readonly string[], log: FastifyBaseLogger): Promise<RuleMatch | null> {
   const texts = views.filter((v) => rules.mayMatch(v))
   if (texts.length === 0) return null
   if (worker !== null && texts.reduce((n, v) => n + v.length, 0) >= WORKER_MIN_CHARS && worker.ready) {
@@ -116,7 +116,7 @@ export async function firstMatch (rules: RuleSet, worker: RuleWorker | null, vie
   for (const text of texts) {
     const hit = rules.first(text)
     if (hit !== null) return hit
-    await co.maybeYield()
+    await yieldTurn()
   }
   return null
 }

@@ -1,9 +1,10 @@
 import fp from 'fastify-plugin'
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
-import { countScript, RuleError, RuleSet, scriptMatcher, scriptOf } from '../lib/filter-rules.js'
+import { countScript, RuleError, RuleSet, scriptMatcher, scriptOf, type RuleMatch } from '../lib/filter-rules.js'
 import { ModerationClient } from '../lib/moderation.js'
-import { Cooperative, normaliseLong } from '../lib/normalise.js'
+import { yieldTurn } from '../lib/loop-budget.js'
+import { normaliseLong } from '../lib/normalise.js'
 import { analysisOf, decorateAnalysis, topField, type PromptSegment } from '../lib/request-analysis.js'
 import { refusalReply } from '../lib/refusal-reply.js'
 import { firstMatch, RuleWorker } from '../lib/rule-worker.js'
@@ -61,11 +62,11 @@ function settingsOf (opts: PromptFilterOptions) {
  * together as well, because the model reads them as one run (`ign` + `ore` is `ignore`) while a phrase's
  * first word still needs a boundary a glued view may hide (`a` + `bomb`).
  */
-async function normalised (segments: readonly PromptSegment[], co: Cooperative): Promise<{ views: string[], each: string[] }> {
+async function normalised (segments: readonly PromptSegment[]): Promise<{ views: string[], each: string[] }> {
   const each: string[] = []
   for (const seg of segments) {
-    each.push(await normaliseLong(seg.text, co))
-    await co.maybeYield()
+    each.push(await normaliseLong(seg.text))
+    await yieldTurn()
   }
   return { views: viewsOf(segments, each), each }
 }
@@ -130,6 +131,18 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
     return reply.code(200).header('content-type', fake.contentType).send(fake.body)
   }
 
+  /** The first rule the prompt matches, and the segment it is in (-1: only across segments); null if none. */
+  async function matchRules (asciiText: boolean, segments: readonly PromptSegment[], log: FastifyBaseLogger): Promise<{ hit: RuleMatch, at: number } | null> {
+    await yieldTurn()
+    // ASCII text without `\u` escapes normalises to its lower case, which the screen can read as is
+    // (case-insensitively): when it finds nothing, no rule can match and nothing needs normalising.
+    if (asciiText && !viewsOf(segments, segments.map((seg) => seg.text)).some((v) => s.rules.mayMatchAnyCase(v))) return null
+    const text = await normalised(segments)
+    await yieldTurn()
+    const hit = await firstMatch(s.rules, worker, text.views, log)
+    return hit === null ? null : { hit, at: await s.rules.locate(hit, text.each) }
+  }
+
   decorateAnalysis(app)
   app.addHook('preHandler', async (request, reply) => {
     const scan = analysisOf(request)
@@ -147,7 +160,6 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
     const first = segments[0]
     if (first === undefined) return
     const excerpt = (seg: PromptSegment): string => seg.text.slice(0, EXCERPT_CHARS)
-    const co = new Cooperative()
 
     if (s.scripts !== null) {
       let seen = 0
@@ -157,24 +169,15 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
           const rule = `script:${scriptOf(s.scriptNames, seg.text, s.scripts)}`
           return refuse(request, reply, endpoint, { rule, param: seg.path, excerpt: excerpt(seg), error: 'CONTENT_FILTER' })
         }
-        await co.maybeYield()
+        await yieldTurn()
       }
     }
 
-    // ASCII text without `\u` escapes normalises to its lower case, which the screen can read as is
-    // (case-insensitively): when it finds nothing, no rule can match and nothing needs normalising.
-    await co.maybeYield()
-    const screenedOut = scan.asciiText && !viewsOf(segments, segments.map((seg) => seg.text)).some((v) => s.rules.mayMatchAnyCase(v))
-    if (s.rules.size > 0 && !screenedOut) {
-      const text = await normalised(segments, co)
-      await co.maybeYield()
-      const hit = await firstMatch(s.rules, worker, text.views, co, request.log)
-      if (hit !== null) {
-        const at = await s.rules.locate(hit, text.each, co)
-        const seg = at === -1 ? undefined : segments[at]
-        const param = seg?.path ?? topField(first.path)
-        return refuse(request, reply, endpoint, { rule: hit.id, param, excerpt: excerpt(seg ?? first), error: 'CONTENT_FILTER' })
-      }
+    const found = s.rules.size > 0 ? await matchRules(scan.asciiText, segments, request.log) : null
+    if (found !== null) {
+      const seg = found.at === -1 ? undefined : segments[found.at]
+      const param = seg?.path ?? topField(first.path)
+      return refuse(request, reply, endpoint, { rule: found.hit.id, param, excerpt: excerpt(seg ?? first), error: 'CONTENT_FILTER' })
     }
 
     if (moderation !== null) {

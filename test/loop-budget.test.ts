@@ -1,6 +1,5 @@
 import t from 'tap'
-import { laterTurn, overBudget, TURN_BUDGET_MS } from '../lib/loop-budget.js'
-import { Cooperative } from '../lib/normalise.js'
+import { laterTurn, overBudget, TURN_BUDGET_MS, yieldTurn } from '../lib/loop-budget.js'
 import { chatBody, proxyTest } from './helper.js'
 
 /*
@@ -18,16 +17,15 @@ t.test('the budget opens with the first heavy work of a turn and is spent after 
   const order: string[] = []
   setTimeout(() => order.push('timer'), 0)
   busy(2) // the timer is due before the turn ends
-  const co = new Cooperative()
-  await co.maybeYield()
+  await yieldTurn()
   order.push('work')
   t.strictSame(order, ['timer', 'work'], 'the waiting work runs after the due timer')
   t.equal(overBudget(), false, 'and in a fresh window')
-  await co.maybeYield()
+  await yieldTurn()
   t.pass('with budget left, no wait')
 })
 
-proxyTest(t, 'large bodies arriving together are parsed over several turns, all of them, intact', {}, async (h, t) => {
+proxyTest(t, 'large bodies arriving together (more than one turn\'s budget of parsing) are all parsed and forwarded intact', {}, async (h, t) => {
   const bodies = Array.from({ length: 16 }, (_, i) => chatBody({ messages: [{ role: 'user', content: `${i} ` + 'lorem ipsum '.repeat(40_000) }] }))
   const responses = await Promise.all(bodies.map((b) => h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: h.auth, payload: b })))
   t.strictSame(responses.map((r) => r.statusCode), bodies.map(() => 200))

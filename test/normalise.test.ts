@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import t from 'tap'
 import { phrasePattern, RuleError, RuleSet, scriptMatcher, scriptOf, countScript } from '../lib/filter-rules.js'
-import { Cooperative, normalise, normaliseLong } from '../lib/normalise.js'
+import { normalise, normaliseLong } from '../lib/normalise.js'
 
 const PHRASE = 'ignore previous instructions'
 const rules = new RuleSet([PHRASE, 'bomb', 'ass', '炸弹'], ['jail\\s*break'])
@@ -75,7 +75,7 @@ t.test('long text normalises in slices to exactly the one-shot form, yielding to
   const text = unit.repeat(Math.ceil(600_000 / unit.length))
   let turns = 0
   const timer = setInterval(() => { turns++ }, 0)
-  const sliced = await normaliseLong(text, new Cooperative())
+  const sliced = await normaliseLong(text)
   clearInterval(timer)
   t.equal(sliced, normalise(text))
   t.ok(turns > 0, `timers ran ${turns} times while it worked`)
@@ -89,7 +89,7 @@ t.test('slices never change the result, whatever the text is made of', async (t)
     'astral letters, odd offset (a cut would fall inside a pair)': `ж${'𝐢𝐠𝐧𝐨𝐫𝐞'.repeat(10_000)}`,
     'escapes near every cut': '\\u0069gnore '.repeat(20_000)
   }
-  for (const [name, text] of Object.entries(texts)) t.equal(await normaliseLong(text, new Cooperative()), normalise(text), name)
+  for (const [name, text] of Object.entries(texts)) t.equal(await normaliseLong(text), normalise(text), name)
 })
 
 t.test('phrases become whole-word, letter-spacing-tolerant RE2 patterns', async (t) => {
@@ -148,7 +148,7 @@ t.test('threat F11: a 1 MiB prompt against 50 rules', async (t) => {
   const times: number[] = []
   for (let i = 0; i < 5; i++) {
     const started = performance.now()
-    const n = await normaliseLong(text, new Cooperative())
+    const n = await normaliseLong(text)
     t.equal(set.first(n), null)
     times.push(performance.now() - started)
   }

@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import t from 'tap'
 import { RuleSet } from '../lib/filter-rules.js'
-import { Cooperative, normalise } from '../lib/normalise.js'
+import { normalise } from '../lib/normalise.js'
 import { firstMatch, RuleWorker, WORKER_MIN_CHARS } from '../lib/rule-worker.js'
 import { chatBody, proxyTest } from './helper.js'
 
@@ -44,9 +44,9 @@ t.test('a worker is ready once its rules are compiled; until then large texts ar
   t.teardown(() => worker.close())
   const log = { warn: () => { t.fail('no worker error expected') } } as unknown as FastifyBaseLogger
   t.equal(worker.ready, false, 'asking starts it')
-  t.match(await firstMatch(rules, worker, [big('jail break')], new Cooperative(), log), { id: 'pattern:1' }, 'matched here meanwhile')
+  t.match(await firstMatch(rules, worker, [big('jail break')], log), { id: 'pattern:1' }, 'matched here meanwhile')
   while (!worker.ready) await new Promise((resolve) => setTimeout(resolve, 20))
-  t.match(await firstMatch(rules, worker, [big('secret key')], new Cooperative(), log), { id: 'pattern:2' }, 'then in the worker')
+  t.match(await firstMatch(rules, worker, [big('secret key')], log), { id: 'pattern:2' }, 'then in the worker')
 })
 
 t.test('a worker thread that crashes fails its requests and is replaced', async (t) => {
@@ -59,19 +59,18 @@ t.test('a worker thread that crashes fails its requests and is replaced', async 
 
 t.test('firstMatch: screened here, large texts in the worker, small ones here, and here again when the worker fails', async (t) => {
   const rules = new RuleSet(PHRASES, PATTERNS)
-  const co = new Cooperative()
   let calls = 0
   const failing = { ready: true, first: async () => { calls++; throw new Error('worker down') } } as unknown as RuleWorker
   const errors: string[] = []
   const onError = { warn: (obj: { err: Error }) => { errors.push(obj.err.message) } } as unknown as FastifyBaseLogger
-  t.equal(await firstMatch(rules, failing, [big('nothing to see')], co, onError), null)
+  t.equal(await firstMatch(rules, failing, [big('nothing to see')], onError), null)
   t.equal(calls, 0, 'text the screen clears never reaches the worker')
-  t.match(await firstMatch(rules, failing, ['short jail break'], co, onError), { id: 'pattern:1' })
+  t.match(await firstMatch(rules, failing, ['short jail break'], onError), { id: 'pattern:1' })
   t.equal(calls, 0, 'short text is matched here')
-  t.match(await firstMatch(rules, failing, [big('jail break')], co, onError), { id: 'pattern:1' })
+  t.match(await firstMatch(rules, failing, [big('jail break')], onError), { id: 'pattern:1' })
   t.strictSame([calls, errors], [1, ['worker down']], 'the failure is reported and the verdict still made')
-  t.equal(await firstMatch(rules, failing, [big('instructions'), big('previous')], co, onError), null, 'a screen hit without a match')
-  t.equal((await firstMatch(rules, null, [big('instructions'), 'x', big('jail break')], co, onError))?.id, 'pattern:1', 'no worker: all here')
+  t.equal(await firstMatch(rules, failing, [big('instructions'), big('previous')], onError), null, 'a screen hit without a match')
+  t.equal((await firstMatch(rules, null, [big('instructions'), 'x', big('jail break')], onError))?.id, 'pattern:1', 'no worker: all here')
 })
 
 proxyTest(t, 'large prompts are judged in the worker through the whole pipeline', { proxy: { filter: { phrases: PHRASES, patterns: PATTERNS } } }, async (h, t) => {
