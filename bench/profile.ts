@@ -7,7 +7,7 @@ import { ALL_FEATURES } from './features.js'
 import { newPool, newTally, runFor, type Target } from './load.js'
 
 /*
- * `npm run bench:profile [defaults|all] [bytes] [seconds]`: a CPU profile of the proxy under one load, to
+ * `npm run bench:profile [floor|defaults|all] [bytes] [seconds] [concurrency]`: a CPU profile of the proxy under one load, to
  * find where the time goes before changing the request path. The proxy runs with `--cpu-prof`; this
  * prints the functions with the most self time (and writes the .cpuprofile for Chrome DevTools).
  */
@@ -36,32 +36,32 @@ function top (profile: Profile, n: number): string[] {
 }
 
 async function main (): Promise<void> {
-  const [mode = 'all', bytesArg = '262144', secondsArg = '6'] = process.argv.slice(2)
+  const [mode = 'all', bytesArg = '262144', secondsArg = '6', concurrencyArg = '16'] = process.argv.slice(2)
   const fake = await startChild('fake', './fake-child.js', { BENCH_CHUNK_DELAY_MS: '25' })
   try {
-    await profileProxy(fake.url, mode, Number(bytesArg), Number(secondsArg))
+    await profileProxy(fake.url, mode, Number(bytesArg), Number(secondsArg), Number(concurrencyArg))
   } finally {
     await fake.stop()
   }
 }
 
-async function profileProxy (upstreamUrl: string, mode: string, bytes: number, seconds: number): Promise<void> {
+async function profileProxy (upstreamUrl: string, mode: string, bytes: number, seconds: number, concurrency: number): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'oai-proxy-prof-'))
   const key = `pk-bench-${randomBytes(16).toString('hex')}`
-  const proxy = await startChild('proxy', './proxy-child.js', {
+  const proxy = await startChild('proxy', mode === 'floor' ? './floor-child.js' : './proxy-child.js', {
     BENCH_UPSTREAM_URL: upstreamUrl,
     BENCH_PROXY_KEY: key,
     BENCH_PROXY_OPTIONS: JSON.stringify(mode === 'all' ? ALL_FEATURES : {})
   }, 15_000, ['--cpu-prof', `--cpu-prof-dir=${dir}`])
   const base = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: '' }] }).length
   const body = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'lorem ipsum '.repeat(Math.ceil(bytes / 12)).slice(0, Math.max(1, bytes - base)) }] }))
-  const pool = newPool(proxy.url, 16)
+  const pool = newPool(proxy.url, concurrency)
   const target: Target = { name: 'proxy', origin: proxy.url, headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, pool }
   const tally = newTally()
-  await runFor(target, body, 16, seconds * 1000, tally)
+  await runFor(target, body, concurrency, seconds * 1000, tally)
   await pool.destroy()
   await proxy.stop()
-  process.stdout.write(`${mode}: ${body.length} byte bodies, c=16, ${tally.ok} ok, errors ${JSON.stringify(tally.errors)}, ${(tally.ok / (tally.elapsedMs / 1000)).toFixed(0)} req/s\n`)
+  process.stdout.write(`${mode}: ${body.length} byte bodies, c=${concurrency}, ${tally.ok} ok, errors ${JSON.stringify(tally.errors)}, ${(tally.ok / (tally.elapsedMs / 1000)).toFixed(0)} req/s\n`)
   const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
   if (file === undefined) throw new Error(`no profile written in ${dir}`)
   process.stdout.write(top(JSON.parse(readFileSync(join(dir, file), 'utf8')) as Profile, 25).join('\n') + `\nprofile: ${join(dir, file)}\n`)

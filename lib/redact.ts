@@ -59,13 +59,37 @@ export function redactText (text: string, secrets: readonly string[]): string {
     .replace(PROJECT_PATTERN, 'proj_' + REDACTED)
 }
 
+const REPLACEMENT = Buffer.from(REDACTED)
+
+function scrub (data: Buffer, secrets: readonly SecretBytes[]): Buffer {
+  let cuts: Array<[number, number]> | null = null
+  for (const { bytes: s } of secrets) {
+    for (let at = data.indexOf(s); at !== -1; at = data.indexOf(s, at + s.length)) (cuts ??= []).push([at, at + s.length])
+  }
+  if (cuts === null) return data
+  cuts.sort((a, b) => a[0] - b[0])
+  const parts: Buffer[] = []
+  let pos = 0
+  for (const [start, end] of cuts) {
+    if (end <= pos) continue
+    if (start >= pos) parts.push(data.subarray(pos, start), REPLACEMENT)
+    pos = end
+  }
+  parts.push(data.subarray(pos))
+  return Buffer.concat(parts)
+}
+
+/** A whole upstream body with every exact secret cut out (`data` itself when none occurs). */
+export function redactBytes (data: Buffer, secrets: readonly string[]): Buffer {
+  return scrub(data, secretBuffers(secrets))
+}
+
 /**
  * A byte stream filter that replaces every occurrence of the given secrets. It holds back only a chunk
  * tail that could be the start of a secret, so an SSE frame (which ends in "\n\n") is never delayed.
  */
 export class SecretRedactor extends Transform {
   readonly #secrets: SecretBytes[]
-  readonly #replacement = Buffer.from(REDACTED)
   #carry: Buffer = EMPTY
 
   constructor (secrets: readonly string[]) {
@@ -89,21 +113,7 @@ export class SecretRedactor extends Transform {
   }
 
   #scrub (data: Buffer): Buffer {
-    let cuts: Array<[number, number]> | null = null
-    for (const { bytes: s } of this.#secrets) {
-      for (let at = data.indexOf(s); at !== -1; at = data.indexOf(s, at + s.length)) (cuts ??= []).push([at, at + s.length])
-    }
-    if (cuts === null) return data
-    cuts.sort((a, b) => a[0] - b[0])
-    const parts: Buffer[] = []
-    let pos = 0
-    for (const [start, end] of cuts) {
-      if (end <= pos) continue
-      if (start >= pos) parts.push(data.subarray(pos, start), this.#replacement)
-      pos = end
-    }
-    parts.push(data.subarray(pos))
-    return Buffer.concat(parts)
+    return scrub(data, this.#secrets)
   }
 
   /** Length of the longest tail of `data` that is a proper prefix of some secret (0 if none). */

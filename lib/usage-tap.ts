@@ -13,7 +13,30 @@ import { Transform, type Readable, type TransformCallback } from 'node:stream'
 
 const FRAME = /[\s\S]*?(?:\r\n\r\n|\n\n|\r\r)/g
 const TAIL_BYTES = 16 * 1024
-const TOTAL_TOKENS = /(?<!\\)"total_tokens"\s*:\s*(\d+)/g
+const TOTAL_TOKENS = Buffer.from('"total_tokens"')
+
+const isSpace = (b: number | undefined): boolean => b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09
+const isDigit = (b: number | undefined): b is number => b !== undefined && b >= 0x30 && b <= 0x39
+
+/**
+ * The value of the last `"total_tokens": <integer>` member in a JSON body's bytes, or null. The usage
+ * object comes last in OpenAI's answers, so the search runs backwards; an escaped quote before the name
+ * means it sits inside a string (generated text quoting JSON), not a member.
+ */
+export function lastTotalTokens (bytes: Buffer): number | null {
+  for (let at = bytes.lastIndexOf(TOTAL_TOKENS); at !== -1; at = at === 0 ? -1 : bytes.lastIndexOf(TOTAL_TOKENS, at - 1)) {
+    if (bytes[at - 1] === 0x5c) continue
+    let i = at + TOTAL_TOKENS.length
+    while (isSpace(bytes[i])) i++
+    if (bytes[i++] !== 0x3a) continue
+    while (isSpace(bytes[i])) i++
+    const from = i
+    let n = 0
+    for (let b = bytes[i]; isDigit(b); b = bytes[++i]) n = n * 10 + b - 0x30
+    if (i > from) return n
+  }
+  return null
+}
 
 export interface UsageTapOptions {
   mode: 'sse' | 'json'
@@ -84,8 +107,8 @@ class UsageReader {
 
   finish (): string {
     if (this.#opts.mode === 'json') {
-      const last = [...this.#tail.toString('utf8').matchAll(TOTAL_TOKENS)].at(-1)
-      if (last !== undefined) this.#opts.onUsage(Number(last[1]))
+      const total = lastTotalTokens(this.#tail)
+      if (total !== null) this.#opts.onUsage(total)
       return ''
     }
     const rest = this.#pending + (this.#decoder as StringDecoder).end()

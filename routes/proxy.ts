@@ -3,9 +3,10 @@ import type { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js'
-import { SecretRedactor } from '../lib/redact.js'
+import { SecretRedactor, redactBytes } from '../lib/redact.js'
 import { sendRewritten } from '../lib/response-rewrite.js'
-import { UsageTap, watchUsage } from '../lib/usage-tap.js'
+import { UsageTap, lastTotalTokens, watchUsage } from '../lib/usage-tap.js'
+import { mayReadWhole, readSmall } from '../lib/whole-answer.js'
 import { chain } from '../lib/stream-chain.js'
 import { onResponseClose } from '../lib/response-close.js'
 import { errorCode, judgeUpstreamError, readCapped } from '../lib/upstream-errors.js'
@@ -128,8 +129,22 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
         // A small JSON answer a plugin asked to rewrite (only where the endpoint table allows it).
         const rewrite = endpoint.rewritableResponse === undefined ? null : request.oaiProxyRewriteResponse
         if (typeof rewrite === 'function') return sendRewritten(reply, res, rewrite, keys.secrets)
+        const contentType = firstHeader(res.headers['content-type'])
+        if (mayReadWhole(contentType, firstHeader(res.headers['content-length']))) {
+          let whole: Buffer | null
+          try {
+            whole = await readSmall(res.body)
+          } catch (err) {
+            request.log.warn({ code: errorCode(err), aborted: abort.aborted }, 'oai-proxy: upstream body ended abnormally')
+            throw upstreamFailure(err)
+          }
+          if (whole !== null) {
+            if (request.oaiProxyUsage) request.oaiProxyUsage.totalTokens = lastTotalTokens(whole)
+            return reply.code(status).headers(clientResponseHeaders(res.headers)).send(redactBytes(whole, keys.secrets))
+          }
+        }
         const out = new SecretRedactor(keys.secrets)
-        const tap = usageStage(request, res.body, firstHeader(res.headers['content-type']))
+        const tap = usageStage(request, res.body, contentType)
         // An upstream that dies mid-stream cuts the client's response off (never ended cleanly); a client
         // that leaves destroys the chain, which aborts the upstream body.
         const body = chain(res.body, tap === undefined ? [out] : [tap, out], (err) => {

@@ -129,3 +129,28 @@ proxyTest(t, 'partial upstream envelopes: no error object or no message is gener
     assertNoLeak(t, seenByClient(res), h.secrets, 'response')
   }
 })
+
+proxyTest(t, 'JSON answers: small ones are sent whole with a length, large ones stream; both intact and redacted', {}, async (h, t) => {
+  for (const size of [2_000, 200_000, 300_000, 1_500_000]) {
+    // The key sits at the start, around the 256 KB mark (where a large answer switches to streaming) and at the end.
+    const filler = 'x'.repeat(Math.max(0, Math.floor(size / 3) - 100))
+    const content = [h.keys[0], filler, h.keys[0], filler.slice(0, 262_144 % 997), h.keys[0], filler, h.keys[0]].join(' ')
+    h.upstream.script(() => ({ kind: 'json', body: { id: 'chatcmpl-1', choices: [{ message: { content } }], usage: { total_tokens: 9 } } }))
+    const res = await post(h)
+    t.equal(res.statusCode, 200, `${size}: status`)
+    assertNoLeak(t, seenByClient(res), h.secrets, `${size}: response`)
+    const got = res.json().choices[0].message.content as string
+    t.equal(got, content.split(h.keys[0] as string).join('[redacted]'), `${size}: every byte but the keys`)
+    if (res.body.length <= 256 * 1024) t.equal(res.headers['content-length'], String(res.rawPayload.length), `${size}: sent whole, with its length`)
+    else t.equal(res.headers['transfer-encoding'], 'chunked', `${size}: streamed`)
+  }
+})
+
+proxyTest(t, 'a JSON answer cut off mid-body becomes a clean 502, never a truncated 200', {}, async (h, t) => {
+  h.upstream.script(() => ({ kind: 'sse', headers: { 'content-type': 'application/json' }, frames: ['{"id":"chatcmpl-1","choices":[', '{"index":0}]}'], delayMs: 10, resetAfter: 1 }))
+  const res = await post(h)
+  t.equal(res.statusCode, 502)
+  t.equal(res.json().error.code, 'upstream_unreachable')
+  assertNoLeak(t, seenByClient(res), h.secrets, 'response')
+  t.ok(h.logs.some((l) => l.includes('upstream body ended abnormally')), 'logged')
+})

@@ -3,7 +3,7 @@ import { text } from 'node:stream/consumers'
 import t from 'tap'
 import { goDuration, retryHeaders } from '../lib/durations.js'
 import { outputCap } from '../lib/token-estimate.js'
-import { UsageTap, watchUsage } from '../lib/usage-tap.js'
+import { UsageTap, lastTotalTokens, watchUsage } from '../lib/usage-tap.js'
 
 async function tap (mode: 'sse' | 'json', chunks: string[], hideUsageChunk = false) {
   const seen: number[] = []
@@ -101,4 +101,19 @@ t.test('Go-style durations and retry headers', async (t) => {
   t.strictSame(retryHeaders(1200), { 'retry-after': '2', 'retry-after-ms': '1200' })
   t.strictSame(retryHeaders(120_000), { 'retry-after': '120', 'retry-after-ms': '120000', 'x-should-retry': 'false' })
   t.strictSame(retryHeaders(500, false), { 'retry-after': '1', 'retry-after-ms': '500', 'x-should-retry': 'false' })
+})
+
+t.test('lastTotalTokens: the last total_tokens member of a JSON body, found from the end', async (t) => {
+  const b = (s: string) => Buffer.from(s)
+  t.equal(lastTotalTokens(b('{"usage":{"total_tokens":42}}')), 42)
+  t.equal(lastTotalTokens(b('{"usage":{"total_tokens" :\n 7 }}')), 7, 'whitespace around the colon')
+  t.equal(lastTotalTokens(b('{"a":{"total_tokens":1},"usage":{"total_tokens":2}}')), 2, 'the last one wins')
+  t.equal(lastTotalTokens(b('{"usage":{"total_tokens":3},"note":"\\"total_tokens\\": 999"}')), 3, 'an escaped look-alike after it is skipped')
+  t.equal(lastTotalTokens(b('{"usage":{"total_tokens":5},"x":"total_tokens"}')), 5, 'a value equal to the name is not a member')
+  t.equal(lastTotalTokens(b('{"usage":{"total_tokens":null}}')), null, 'no integer, no settlement')
+  t.equal(lastTotalTokens(b('"total_tokens":9')), 9, 'at the very start')
+  t.equal(lastTotalTokens(b('{"object":"list"}')), null)
+  t.equal(lastTotalTokens(b('')), null)
+  t.equal(lastTotalTokens(b('{"a":1} "total_tokens"')), null, 'the name at the very end')
+  t.equal(lastTotalTokens(b('{"a":1} "total_tokens": ')), null, 'a colon and nothing after it')
 })
