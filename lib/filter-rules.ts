@@ -45,7 +45,10 @@ const UNSPACED = /[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script
  * A phrase as an RE2 pattern over normalised text: its words in order, separated by any run of
  * non-letters or by nothing (`ignorepreviousinstructions`), not inside a longer word (so "ass" does not
  * block "class"), and each word of three or more letters also matched letter-spaced (`i g n o r e`,
- * `i.g.n.o.r.e`).
+ * `i.g.n.o.r.e`, `i -- g -- n…`). Between the letters the automaton takes any run of separators: that is
+ * also its smallest form (a bounded `{1,3}` repeats the class three times per gap; 40 phrases compiled that
+ * way held twice the memory and grew V8's young generation from 16 to 32 MiB). The screen (`phraseScreen`)
+ * bounds the runs it looks for, so a letter-spaced word is caught with up to eight separators per gap.
  */
 export function phrasePattern (phrase: string): string {
   const words = normalise(phrase).split(/[^\p{L}\p{N}]+/u).filter((w) => w.length > 0)
@@ -55,7 +58,7 @@ export function phrasePattern (phrase: string): string {
   const word = (w: string): string => {
     const letters = [...w]
     if (letters.length < 3) return RE2JS.quote(w)
-    return `(?:${RE2JS.quote(w)}|${letters.map((c) => RE2JS.quote(c)).join(`${SEP}{1,3}`)})`
+    return `(?:${RE2JS.quote(w)}|${letters.map((c) => RE2JS.quote(c)).join(`${SEP}+`)})`
   }
   const open = UNSPACED.test(first.charAt(0)) ? '' : `(?:^|${SEP})`
   const close = UNSPACED.test(last.charAt(last.length - 1)) ? '' : `(?:${SEP}|$)`
@@ -66,15 +69,16 @@ const escapeJs = (s: string): string => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&'
 
 /**
  * What every match of `phrasePattern(phrase)` contains, as a JavaScript regex source: its longest word,
- * written out or letter-spaced. `[^a-z0-9]{1,6}` is wider than the phrase's separator (1 to 3 characters
- * that are not letters or digits, astral ones taking two UTF-16 units), as a necessary condition may be.
+ * written out or letter-spaced, with up to 16 UTF-16 units (eight separators, astral ones taking two)
+ * between letters. Bounded on purpose: `[^a-z0-9]` also holds letters outside ASCII, so an unbounded run
+ * between two Han characters would make the backtracking engine quadratic on long CJK text.
  */
 export function phraseScreen (phrase: string): string[] {
   const words = normalise(phrase).split(/[^\p{L}\p{N}]+/u).filter((w) => w.length > 0)
   const longest = words.reduce((a, b) => ([...b].length > [...a].length ? b : a))
   const letters = [...longest]
   if (letters.length < 3) return [escapeJs(longest)]
-  return [escapeJs(longest), letters.map(escapeJs).join('[^a-z0-9]{1,6}')]
+  return [escapeJs(longest), letters.map(escapeJs).join('[^a-z0-9]{1,16}')]
 }
 
 /** Compile one operator regex on RE2, or explain why it cannot be used. */

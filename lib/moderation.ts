@@ -4,6 +4,7 @@ import type { OaiProxyKeys } from '../plugins/key-injection.js'
 import type { OaiProxyUpstream } from '../plugins/upstream.js'
 import { upstreamRequestHeaders } from './headers.js'
 import { judgeUpstreamError, readCapped, errorCode } from './upstream-errors.js'
+import { request } from './undici-core.js'
 
 /*
  * The optional second opinion: OpenAI's moderation endpoint, called with a key from the pool through the
@@ -77,7 +78,7 @@ export class ModerationClient {
       let status: number
       let answer: string | null
       try {
-        const res = await dispatcher.request({ origin, path: `${basePath}/v1/moderations`, method: 'POST', headers, body, signal: AbortSignal.timeout(this.#s.timeoutMs) })
+        const res = await request(dispatcher, { origin, path: `${basePath}/v1/moderations`, method: 'POST', headers, body, signal: AbortSignal.timeout(this.#s.timeoutMs) })
         status = res.statusCode
         answer = await readCapped(res.body, ANSWER_LIMIT)
       } catch (err) {

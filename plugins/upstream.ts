@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
-import { Agent, type Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
+import { Agent } from '../lib/undici-core.js'
 import type { FastifyPluginAsync } from 'fastify'
 
 export interface UpstreamOptions {

@@ -14,6 +14,7 @@ import { typeboxValidator } from '../lib/validator.js'
 import { upstreamPath, type EndpointDefinition } from '../schemas/endpoints.js'
 import { analysisOf, decorateAnalysis, planFor, type RequestAnalysis } from '../lib/request-analysis.js'
 import { upstreamBody } from '../lib/request-body.js'
+import { request as upstreamRequest } from '../lib/undici-core.js'
 
 export interface ProxyRoutesOptions {
   /** The endpoint-table rows to serve (see `schemas/endpoints.ts`). */
@@ -109,7 +110,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
 
       let res
       try {
-        res = await dispatcher.request({ origin, path, method: endpoint.method, headers, body, signal: abort })
+        res = await upstreamRequest(dispatcher, { origin, path, method: endpoint.method, headers, body, signal: abort })
       } catch (err) {
         const code = errorCode(err)
         request.log.warn({ code, key: key.id, aborted: abort.aborted }, 'oai-proxy: upstream request failed')
