@@ -20,8 +20,9 @@ const isDigit = (b: number | undefined): b is number => b !== undefined && b >= 
 
 /**
  * The value of the last `"total_tokens": <integer>` member in a JSON body's bytes, or null. The usage
- * object comes last in OpenAI's answers, so the search runs backwards; an escaped quote before the name
- * means it sits inside a string (generated text quoting JSON), not a member.
+ * object comes last in OpenAI's answers, so the search runs backwards. Generated text quoting JSON holds
+ * the name as `\"total_tokens\"` (not a match); a backslash before the quote means the match ends a longer
+ * key (`"x\"total_tokens":`), not a member.
  */
 export function lastTotalTokens (bytes: Buffer): number | null {
   for (let at = bytes.lastIndexOf(TOTAL_TOKENS); at !== -1; at = at === 0 ? -1 : bytes.lastIndexOf(TOTAL_TOKENS, at - 1)) {

@@ -30,6 +30,19 @@ proxyTest(t, 'tokens are reserved at admission and settled with the real usage',
   t.equal(remaining(second), LIMIT - actual - reservation(capped), 'the first request now costs what upstream said; the cap sets the reservation')
 })
 
+proxyTest(t, 'a JSON answer too large to read whole is settled from its stream', { proxy: budget }, async (h, t) => {
+  const content = 'x'.repeat(400_000)
+  h.upstream.script(() => ({ kind: 'json', body: { id: 'chatcmpl-1', choices: [{ message: { role: 'assistant', content } }], usage: { total_tokens: 777 } } }))
+  const first = await post(h)
+  t.equal(first.statusCode, 200)
+  t.equal(first.headers['transfer-encoding'], 'chunked', 'streamed, not read whole')
+  t.equal(first.json().choices[0].message.content, content)
+  await settled()
+  const capped = chatBody({ max_tokens: 50 })
+  const second = await post(h, capped)
+  t.equal(remaining(second), LIMIT - 777 - reservation(capped), 'the streamed answer cost what its usage said')
+})
+
 proxyTest(t, 'streams: usage is requested upstream, hidden from a client that did not ask, and settled', { listen: true, proxy: budget }, async (h, t) => {
   const plain = await post(h)
   const actual = plain.json().usage.total_tokens as number
