@@ -85,6 +85,16 @@ export function redactBytes (data: Buffer, secrets: readonly string[]): Buffer {
 }
 
 /**
+ * Sees a body's chunks before redaction, in the same stream stage (one Transform per response, not two):
+ * `feed` returns what may be passed on (the chunk itself, or text it released, possibly none); `finish`
+ * what it still held at the end.
+ */
+export interface ChunkFilter {
+  feed: (chunk: Buffer) => Buffer | string
+  finish: () => string
+}
+
+/**
  * A byte stream filter that replaces every occurrence of the given secrets. It holds back only a chunk
  * tail that could be the start of a secret, so an SSE frame (which ends in "\n\n") is never delayed.
  */
@@ -92,24 +102,35 @@ export class SecretRedactor extends Transform {
   readonly #secrets: SecretBytes[]
   #carry: Buffer = EMPTY
 
-  constructor (secrets: readonly string[]) {
+  readonly #before: ChunkFilter | undefined
+
+  /** `before`: a filter that sees each chunk first (the usage reader that drops a usage-only SSE frame). */
+  constructor (secrets: readonly string[], before?: ChunkFilter) {
     super()
     this.#secrets = secretBuffers(secrets)
+    this.#before = before
   }
 
   override _transform (chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    const out = this.#before === undefined ? chunk : this.#before.feed(chunk)
+    if (out.length > 0) this.#pass(typeof out === 'string' ? Buffer.from(out) : out)
+    done()
+  }
+
+  override _flush (done: TransformCallback): void {
+    const rest = this.#before?.finish() ?? ''
+    if (rest.length > 0) this.#pass(Buffer.from(rest))
+    if (this.#carry.length > 0) this.push(this.#scrub(this.#carry))
+    done()
+  }
+
+  #pass (chunk: Buffer): void {
     // Scrub first, then hold back: a whole secret at the very end (one whose last character is also its
     // first, e.g. a key ending in "s") must be cut now, not mistaken for the start of another.
     const clean = this.#scrub(this.#carry.length > 0 ? Buffer.concat([this.#carry, chunk]) : chunk)
     const hold = this.#holdback(clean)
     this.#carry = hold > 0 ? Buffer.from(clean.subarray(clean.length - hold)) : EMPTY
     if (clean.length > hold) this.push(clean.subarray(0, clean.length - hold))
-    done()
-  }
-
-  override _flush (done: TransformCallback): void {
-    if (this.#carry.length > 0) this.push(this.#scrub(this.#carry))
-    done()
   }
 
   #scrub (data: Buffer): Buffer {

@@ -1,13 +1,14 @@
 import { StringDecoder } from 'node:string_decoder'
-import { Transform, type Readable, type TransformCallback } from 'node:stream'
+import type { Readable } from 'node:stream'
+import type { ChunkFilter } from './redact.js'
 
 /*
  * Reads an upstream body's token `usage` as it goes by, without delaying it:
  * - SSE: frames are split at their blank line; frames mentioning "usage" are parsed: chat/completions
  *   usage chunks (`choices: []`) and the Responses API's `response.completed`. A usage-only chunk the
  *   proxy asked for on the client's behalf is dropped (many clients crash on `choices: []`, openai-wire
- *   §1.7): only then is the reader a stream stage (`UsageTap`); otherwise it just listens (`watchUsage`),
- *   which keeps an extra Transform off the hot path.
+ *   §1.7): only then does the reader sit in the stream, inside the redactor's stage (`UsageReader` as its
+ *   `before` filter); otherwise it just listens (`watchUsage`).
  * - JSON: the last `"total_tokens"` in the final 16 KB, read at the end.
  */
 
@@ -68,8 +69,11 @@ function endsFrame (chunk: Buffer): boolean {
   return chunk[n - 2] === last || (last === 0x0a && chunk[n - 2] === 0x0d && chunk[n - 3] === 0x0a && chunk[n - 4] === 0x0d)
 }
 
-/** The parsing, shared by the stage and the listener: `feed` returns what may be passed on. */
-class UsageReader {
+/**
+ * The parsing, for the listener and, as the redactor's `before` filter (lib/redact.ts), for the stream stage
+ * that drops the usage-only chunk: `feed` returns what may be passed on.
+ */
+export class UsageReader implements ChunkFilter {
   readonly #opts: UsageTapOptions
   // SSE only: a JSON body is read from its tail, as bytes.
   readonly #decoder: StringDecoder | null
@@ -87,7 +91,7 @@ class UsageReader {
   feed (chunk: Buffer): Buffer | string {
     if (this.#opts.mode === 'json') {
       this.#tail = Buffer.concat([this.#tail, chunk]).subarray(-TAIL_BYTES)
-      return ''
+      return chunk
     }
     // Most chunks are whole frames of generated text: they need no decoding, splitting or re-encoding.
     const whole = endsFrame(chunk)
@@ -121,30 +125,6 @@ class UsageReader {
     const { total, usageOnly } = usageOf(frame)
     if (total !== null) this.#opts.onUsage(total)
     return usageOnly && this.#opts.hideUsageChunk ? '' : frame
-  }
-}
-
-/** As a stream stage: needed to drop the usage-only chunk (SSE with `hideUsageChunk`). */
-export class UsageTap extends Transform {
-  readonly #reader: UsageReader
-  readonly #json: boolean
-
-  constructor (opts: UsageTapOptions) {
-    super()
-    this.#reader = new UsageReader(opts)
-    this.#json = opts.mode === 'json'
-  }
-
-  override _transform (chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    const out = this.#reader.feed(chunk)
-    // JSON bodies pass byte for byte; SSE frames pass as the reader releases them.
-    if (this.#json || typeof out !== 'string') done(null, chunk)
-    else done(null, out.length > 0 ? Buffer.from(out) : undefined)
-  }
-
-  override _flush (done: TransformCallback): void {
-    const out = this.#reader.finish()
-    done(null, out.length > 0 ? Buffer.from(out) : undefined)
   }
 }
 

@@ -5,7 +5,7 @@ import { proxyError } from '../errors.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js'
 import { SecretRedactor, redactBytes } from '../lib/redact.js'
 import { sendRewritten } from '../lib/response-rewrite.js'
-import { UsageTap, lastTotalTokens, watchUsage } from '../lib/usage-tap.js'
+import { UsageReader, lastTotalTokens, watchUsage } from '../lib/usage-tap.js'
 import { mayReadWhole, readSmall } from '../lib/whole-answer.js'
 import { chain } from '../lib/stream-chain.js'
 import { onResponseClose } from '../lib/response-close.js'
@@ -44,16 +44,16 @@ function upstreamFailure (err: unknown): Error {
 }
 
 /**
- * When a token budget meters this request, read upstream's `usage` as the body goes by: as a stage only
- * when a usage chunk must be dropped, else by listening (one less stream stage on the hot path).
+ * When a token budget meters this request, read upstream's `usage` as the body goes by: inside the redactor's
+ * stage when a usage chunk must be dropped (the reader returned), else by listening (returns undefined).
  */
-function usageStage (request: FastifyRequest, source: Readable, contentType: string | undefined): UsageTap | undefined {
+function usageReader (request: FastifyRequest, source: Readable, contentType: string | undefined): UsageReader | undefined {
   const usage = request.oaiProxyUsage
   if (usage === null || usage === undefined) return undefined
   const mode = contentType?.startsWith('text/event-stream') === true ? 'sse' : contentType?.includes('json') === true ? 'json' : undefined
   if (mode === undefined) return undefined
   const onUsage = (n: number) => { usage.totalTokens = n }
-  if (mode === 'sse' && usage.hideUsageChunk) return new UsageTap({ mode, hideUsageChunk: true, onUsage })
+  if (mode === 'sse' && usage.hideUsageChunk) return new UsageReader({ mode, hideUsageChunk: true, onUsage })
   watchUsage(source, { mode, onUsage })
   return undefined
 }
@@ -144,11 +144,10 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
             return reply.code(status).headers(clientResponseHeaders(res.headers)).send(redactBytes(whole, keys.secrets))
           }
         }
-        const out = new SecretRedactor(keys.secrets)
-        const tap = usageStage(request, res.body, contentType)
+        const out = new SecretRedactor(keys.secrets, usageReader(request, res.body, contentType))
         // An upstream that dies mid-stream cuts the client's response off (never ended cleanly); a client
         // that leaves destroys the chain, which aborts the upstream body.
-        const body = chain(res.body, tap === undefined ? [out] : [tap, out], (err) => {
+        const body = chain(res.body, [out], (err) => {
           request.log.warn({ code: errorCode(err) }, 'oai-proxy: upstream stream ended abnormally')
         })
         return reply.code(status).headers(clientResponseHeaders(res.headers)).send(body)

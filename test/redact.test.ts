@@ -2,6 +2,7 @@ import { Readable } from 'node:stream'
 import { text } from 'node:stream/consumers'
 import t from 'tap'
 import { REDACTED, SecretRedactor, redactText, secretForms } from '../lib/redact.js'
+import { UsageReader } from '../lib/usage-tap.js'
 import { canaryKey } from './helper.js'
 
 const through = (secrets: string[], chunks: string[]) => text(Readable.from(chunks.map((c) => Buffer.from(c))).pipe(new SecretRedactor(secrets)))
@@ -60,4 +61,20 @@ t.test('secretForms covers the key without sk- and drops empties', async (t) => 
 t.test('redactText scrubs keys, masked keys and account ids by shape', async (t) => {
   const out = redactText('Incorrect API key provided: sk-proj-abcd************wxyz. org-AbCdEf123 proj_XyZ12345 sk-abc…wxyz risk-free task-force', [])
   t.equal(out, `Incorrect API key provided: sk-${REDACTED}. org-${REDACTED} proj_${REDACTED} sk-${REDACTED} risk-free task-force`)
+})
+
+t.test('with the usage reader before it (one stage): secrets cut across any split, the usage-only chunk dropped', async (t) => {
+  const key = `sk-proj-${'k'.repeat(40)}`
+  const frames = [
+    `data: {"choices":[{"delta":{"content":"echo ${key} done"}}]}\n\n`,
+    'data: {"choices":[],"usage":{"total_tokens":21}}\n\n',
+    'data: [DONE]\n\n'
+  ].join('')
+  for (let cut = 1; cut < frames.length; cut += 5) {
+    const seen: number[] = []
+    const stage = new SecretRedactor([key], new UsageReader({ mode: 'sse', hideUsageChunk: true, onUsage: (n) => seen.push(n) }))
+    const out = await text(Readable.from([frames.slice(0, cut), frames.slice(cut)].map((c) => Buffer.from(c))).pipe(stage))
+    t.equal(out, `data: {"choices":[{"delta":{"content":"echo ${REDACTED} done"}}]}\n\ndata: [DONE]\n\n`, `cut at ${cut}`)
+    t.strictSame(seen, [21])
+  }
 })

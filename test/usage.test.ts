@@ -3,11 +3,15 @@ import { text } from 'node:stream/consumers'
 import t from 'tap'
 import { goDuration, retryHeaders } from '../lib/durations.js'
 import { outputCap } from '../lib/token-estimate.js'
-import { UsageTap, lastTotalTokens, watchUsage } from '../lib/usage-tap.js'
+import { SecretRedactor } from '../lib/redact.js'
+import { UsageReader, lastTotalTokens, watchUsage, type UsageTapOptions } from '../lib/usage-tap.js'
+
+/** The stream stage the proxy route builds: the redactor (here with no secrets) with the reader before it. */
+const usageStage = (opts: UsageTapOptions) => new SecretRedactor([], new UsageReader(opts))
 
 async function tap (mode: 'sse' | 'json', chunks: string[], hideUsageChunk = false) {
   const seen: number[] = []
-  const out = await text(Readable.from(chunks.map((c) => Buffer.from(c))).pipe(new UsageTap({ mode, hideUsageChunk, onUsage: (n) => seen.push(n) })))
+  const out = await text(Readable.from(chunks.map((c) => Buffer.from(c))).pipe(usageStage({ mode, hideUsageChunk, onUsage: (n) => seen.push(n) })))
   return { out, seen }
 }
 
@@ -47,10 +51,10 @@ t.test('SSE: chunks cut at any byte (inside characters, frames and terminators) 
       at = c
     }
     const seen: number[] = []
-    const out = await text(Readable.from(chunks).pipe(new UsageTap({ mode: 'sse', hideUsageChunk: true, onUsage: (n) => seen.push(n) })))
+    const out = await text(Readable.from(chunks).pipe(usageStage({ mode: 'sse', hideUsageChunk: true, onUsage: (n) => seen.push(n) })))
     if (out !== expected || seen.join() !== '12') t.fail(`cuts ${cuts.join(',')}: ${JSON.stringify(out)} ${seen.join()}`)
   }
-  const whole1 = await text(Readable.from(frames.map((f) => Buffer.from(f))).pipe(new UsageTap({ mode: 'sse', hideUsageChunk: true, onUsage: () => {} })))
+  const whole1 = await text(Readable.from(frames.map((f) => Buffer.from(f))).pipe(usageStage({ mode: 'sse', hideUsageChunk: true, onUsage: () => {} })))
   t.equal(whole1, expected, 'frame by frame (the pass-through path)')
   t.pass('300 random cuttings agree')
 })
