@@ -242,8 +242,8 @@ export class RuleSet {
     }
     const view = this.#isPhrase[rule.index] === true ? phraseView : (t: string) => t
     for (let i = 0; i < texts.length; i++) {
+      await yieldTurn((texts[i] as string).length)
       if (re.test(view(texts[i] as string))) return i
-      await yieldTurn()
     }
     return -1
   }

@@ -117,7 +117,7 @@ export async function normaliseLong (text: string): Promise<string> {
     const end = cutPoint(text, at, at + SLICE_CHARS)
     parts.push(normalise(text.slice(at, end)))
     at = end
-    await yieldTurn()
+    await yieldTurn(SLICE_CHARS)
   }
   return parts.join('')
 }

@@ -114,9 +114,9 @@ export async function firstMatch (rules: RuleSet, worker: RuleWorker | null, vie
     }
   }
   for (const text of texts) {
+    await yieldTurn(text.length)
     const hit = rules.first(text)
     if (hit !== null) return hit
-    await yieldTurn()
   }
   return null
 }

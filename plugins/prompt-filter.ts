@@ -65,8 +65,8 @@ function settingsOf (opts: PromptFilterOptions) {
 async function normalised (segments: readonly PromptSegment[]): Promise<{ views: string[], each: string[] }> {
   const each: string[] = []
   for (const seg of segments) {
+    await yieldTurn(seg.text.length)
     each.push(await normaliseLong(seg.text))
-    await yieldTurn()
   }
   return { views: viewsOf(segments, each), each }
 }
@@ -133,12 +133,12 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
 
   /** The first rule the prompt matches, and the segment it is in (-1: only across segments); null if none. */
   async function matchRules (asciiText: boolean, segments: readonly PromptSegment[], log: FastifyBaseLogger): Promise<{ hit: RuleMatch, at: number } | null> {
-    await yieldTurn()
+    const chars = segments.reduce((n, seg) => n + seg.text.length, 0)
+    await yieldTurn(chars)
     // ASCII text without `\u` escapes normalises to its lower case, which the screen can read as is
     // (case-insensitively): when it finds nothing, no rule can match and nothing needs normalising.
     if (asciiText && !viewsOf(segments, segments.map((seg) => seg.text)).some((v) => s.rules.mayMatchAnyCase(v))) return null
     const text = await normalised(segments)
-    await yieldTurn()
     const hit = await firstMatch(s.rules, worker, text.views, log)
     return hit === null ? null : { hit, at: await s.rules.locate(hit, text.each) }
   }
@@ -164,12 +164,12 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
     if (s.scripts !== null) {
       let seen = 0
       for (const seg of segments) {
+        await yieldTurn(seg.text.length)
         seen += countScript(s.scripts, seg.text, s.scriptMinChars - seen)
         if (seen >= s.scriptMinChars) {
           const rule = `script:${scriptOf(s.scriptNames, seg.text, s.scripts)}`
           return refuse(request, reply, endpoint, { rule, param: seg.path, excerpt: excerpt(seg), error: 'CONTENT_FILTER' })
         }
-        await yieldTurn()
       }
     }
 

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { laterTurn, overBudget, TURN_BUDGET_MS, yieldTurn } from '../lib/loop-budget.js'
+import { laterTurn, LIGHT_CHARS, overBudget, TURN_BUDGET_MS, yieldTurn } from '../lib/loop-budget.js'
 import { chatBody, proxyTest } from './helper.js'
 
 /*
@@ -17,12 +17,25 @@ t.test('the budget opens with the first heavy work of a turn and is spent after 
   const order: string[] = []
   setTimeout(() => order.push('timer'), 0)
   busy(2) // the timer is due before the turn ends
-  await yieldTurn()
+  await yieldTurn(LIGHT_CHARS)
   order.push('work')
-  t.strictSame(order, ['timer', 'work'], 'the waiting work runs after the due timer')
+  t.strictSame(order, ['timer', 'work'], 'the waiting heavy work runs after the due timer')
   t.equal(overBudget(), false, 'and in a fresh window')
-  await yieldTurn()
+  await yieldTurn(LIGHT_CHARS)
   t.pass('with budget left, no wait')
+})
+
+t.test('light work never waits, even with the budget spent', async (t) => {
+  await laterTurn()
+  overBudget()
+  busy(TURN_BUDGET_MS + 1)
+  t.equal(overBudget(), true, 'spent')
+  const order: string[] = []
+  setTimeout(() => order.push('timer'), 0)
+  busy(2)
+  await yieldTurn(LIGHT_CHARS - 1)
+  order.push('work')
+  t.strictSame(order, ['work'], 'went ahead in the same turn, before the due timer')
 })
 
 proxyTest(t, 'large bodies arriving together (more than one turn\'s budget of parsing) are all parsed and forwarded intact', {}, async (h, t) => {
