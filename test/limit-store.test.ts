@@ -77,6 +77,14 @@ t.test('chain: data flows, an error cuts the chain, an early close destroys the 
   t.equal((await lastError).message, 'upstream reset', 'the last stage fails with the source error')
   t.strictSame(errors, ['upstream reset'])
 
+  const upstream = new PassThrough()
+  const stage = chain(upstream, [new PassThrough()], (err) => errors.push(err.message))
+  stage.once('error', () => {})
+  stage.destroy(new Error('stage failed'))
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(upstream.destroyed, true, 'a failing stage destroys the source too')
+  t.strictSame(errors, ['upstream reset', 'stage failed'])
+
   const source = new PassThrough()
   const tail = chain(source, [new PassThrough()], () => {})
   tail.destroy()
