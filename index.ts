@@ -15,7 +15,7 @@ export { default as limitStore, type LimitStoreOptions, type OaiProxyLimits } fr
 export { default as abuseGuard, type AbuseGuardOptions } from './plugins/abuse-guard.js'
 export { default as rateLimit, limitKey, type RateLimitOptions } from './plugins/rate-limit.js'
 export { default as tokenBudget, type TokenBudgetOptions, type OaiProxyUsage } from './plugins/token-budget.js'
-export { oaiProxyServerOptions, oaiProxyFrameworkErrors, oaiProxyClientErrorHandler } from './lib/server-options.js'
+export { oaiProxyServerOptions, oaiProxyFrameworkErrors, oaiProxyClientErrorHandler, limitConnections, type ConnectionLimits } from './lib/server-options.js'
 export { default as requestPolicy, type RequestPolicyOptions } from './plugins/request-policy.js'
 export { default as promptFilter, DEFAULT_REJECT_MESSAGE, type PromptFilterOptions } from './plugins/prompt-filter.js'
 export { normalise } from './lib/normalise.js'

@@ -4,7 +4,7 @@ import { realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import oaiProxy from './app.js'
-import { oaiProxyServerOptions } from './lib/server-options.js'
+import { limitConnections, oaiProxyServerOptions } from './lib/server-options.js'
 import { ConfigError, readConfig, type LoadedConfig } from './plugins/config.js'
 import { startFakeOpenAI, type FakeOpenAI } from './testing/fake-openai.js'
 
@@ -40,12 +40,17 @@ export async function startServer (env: Record<string, string | undefined> = pro
     // A hop count becomes proxy-addr's own rule (trust the i nearest hops); Fastify's types omit numbers.
     trustProxy: typeof server.trustProxy === 'number' ? hops(server.trustProxy) : server.trustProxy,
     requestTimeout: server.requestTimeoutMs,
-    keepAliveTimeout: 72_000,
+    keepAliveTimeout: server.keepAliveTimeoutMs,
+    maxRequestsPerSocket: server.maxRequestsPerSocket,
+    // Node checks the header and request timeouts only this often (its default is 30 s, which let
+    // trickling sockets live twice as long as the timeout said).
+    http: { connectionsCheckingInterval: 1000 },
     ...oaiProxyServerOptions,
     return503OnClosing: true
   })
-  // Node's default is 60 s; a client must finish sending headers well within the request timeout.
-  app.server.headersTimeout = Math.min(30_000, server.requestTimeoutMs)
+  // A client must finish sending its headers well within the request timeout (Node's default is 60 s).
+  app.server.headersTimeout = Math.min(server.headersTimeoutMs, server.requestTimeoutMs)
+  limitConnections(app.server, server, app.log)
 
   let fake: FakeOpenAI | undefined
   let proxy = config.proxy

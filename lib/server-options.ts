@@ -1,6 +1,7 @@
-import { STATUS_CODES } from 'node:http'
+import { STATUS_CODES, type Server } from 'node:http'
 import type { Socket } from 'node:net'
-import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { normalizeIP } from '@fastify/rate-limit'
+import type { FastifyBaseLogger, FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { envelope } from '../errors.js'
 
 /*
@@ -22,7 +23,9 @@ export function oaiProxyClientErrorHandler (error: Error & { code?: string }, so
   }
   const [status, message, code] = error.code === 'HPE_HEADER_OVERFLOW'
     ? [431, 'The request headers are too large.', 'headers_too_large'] as const
-    : [400, 'The request is malformed.', 'bad_request'] as const
+    : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'The request did not arrive in time.', 'request_timeout'] as const
+      : [400, 'The request is malformed.', 'bad_request'] as const
   const body = JSON.stringify(envelope(message, 'invalid_request_error', code))
   socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
 }
@@ -38,3 +41,61 @@ export const oaiProxyServerOptions = {
   onProtoPoisoning: 'error',
   onConstructorPoisoning: 'error'
 } as const
+
+export interface ConnectionLimits {
+  /** Open connections in total; more are closed on accept (0: no limit). */
+  maxConnections: number
+  /** Open connections per client address (IPv6 by /64); more are closed on accept (0: no limit). */
+  maxConnectionsPerAddress: number
+}
+
+/** How often refused connections are summed up in the log: one line per interval at most, not one per socket. */
+const REFUSALS_LOG_MS = 10_000
+
+/**
+ * Caps on open connections for an HTTP server. Over either cap a new connection is closed as it is
+ * accepted, before a byte is read: a flood of idle or trickling sockets costs a file descriptor for an
+ * instant, not a parser, buffers and a timer each. Refusals are counted and logged at `warn`, at most once
+ * per REFUSALS_LOG_MS, with the busiest address. The per-address count uses the TCP peer: behind a trusted
+ * load balancer every connection comes from it, so leave that cap off there.
+ */
+export function limitConnections (server: Server, limits: ConnectionLimits, log: FastifyBaseLogger): void {
+  if (limits.maxConnections > 0) server.maxConnections = limits.maxConnections
+  const open = new Map<string, number>()
+  let refused = 0
+  let overTotal = 0
+  const byAddress = new Map<string, number>()
+  let loggedAt = 0
+  const count = (address: string | null): void => {
+    refused++
+    if (address === null) overTotal++
+    else byAddress.set(address, (byAddress.get(address) ?? 0) + 1)
+    const now = Date.now()
+    if (now - loggedAt < REFUSALS_LOG_MS) return
+    loggedAt = now
+    const busiest = [...byAddress].sort((a, b) => b[1] - a[1])[0]
+    log.warn({ refused, overTotal, overPerAddress: refused - overTotal, busiest: busiest?.[0], busiestRefused: busiest?.[1] }, 'oai-proxy: connections refused over the connection limits')
+    refused = 0
+    overTotal = 0
+    byAddress.clear()
+  }
+  // Node closes connections over maxConnections itself and says so with 'drop'.
+  server.on('drop', () => { count(null) })
+  const perAddress = limits.maxConnectionsPerAddress
+  if (perAddress <= 0) return
+  server.on('connection', (socket: Socket) => {
+    const address = normalizeIP(socket.remoteAddress ?? '', 64)
+    const n = (open.get(address) ?? 0) + 1
+    if (n > perAddress) {
+      socket.destroy()
+      count(address)
+      return
+    }
+    open.set(address, n)
+    socket.once('close', () => {
+      const left = (open.get(address) ?? 1) - 1
+      if (left <= 0) open.delete(address)
+      else open.set(address, left)
+    })
+  })
+}

@@ -19,6 +19,16 @@ export interface ServerConfig {
   logLevel: string
   trustProxy: false | number | string[]
   requestTimeoutMs: number
+  /** Time a client has to send its request headers (capped by requestTimeoutMs). */
+  headersTimeoutMs: number
+  /** How long an idle keep-alive connection stays open. */
+  keepAliveTimeoutMs: number
+  /** Requests served on one connection before it is closed (0: no limit). */
+  maxRequestsPerSocket: number
+  /** Open connections in total; more are closed on accept (0: no limit). */
+  maxConnections: number
+  /** Open connections per client address (IPv6 by /64); more are closed on accept (0: no limit). */
+  maxConnectionsPerAddress: number
   shutdownGraceMs: number
   production: boolean
 }
@@ -150,6 +160,12 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
       logLevel: env.LOG_LEVEL ?? 'info',
       trustProxy: parseTrustProxy(env.TRUST_PROXY),
       requestTimeoutMs: env.REQUEST_TIMEOUT_MS ?? 60_000,
+      headersTimeoutMs: env.HEADERS_TIMEOUT_MS ?? 10_000,
+      keepAliveTimeoutMs: env.KEEP_ALIVE_TIMEOUT_MS ?? 72_000,
+      maxRequestsPerSocket: env.MAX_REQUESTS_PER_SOCKET ?? 1000,
+      maxConnections: env.MAX_CONNECTIONS ?? 10_000,
+      // Behind trusted proxies every connection comes from them: a per-address cap would cap the proxies.
+      maxConnectionsPerAddress: env.MAX_CONNECTIONS_PER_ADDRESS ?? (env.TRUST_PROXY === undefined ? 256 : 0),
       shutdownGraceMs: env.SHUTDOWN_GRACE_MS ?? 10_000,
       production
     },

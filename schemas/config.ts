@@ -116,6 +116,11 @@ export const EnvSchema = Type.Object({
   // A plain enum (not a union of literals) so a bad value gets one error line, not seven.
   LOG_LEVEL: Type.Optional(Type.Unsafe<'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'>({ type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] })),
   REQUEST_TIMEOUT_MS: Int(1000, 3600 * 1000),
+  HEADERS_TIMEOUT_MS: Int(1000, 3600 * 1000),
+  KEEP_ALIVE_TIMEOUT_MS: Int(1000, 3600 * 1000),
+  MAX_REQUESTS_PER_SOCKET: Int(0, 1e9),
+  MAX_CONNECTIONS: Int(0, 1e6),
+  MAX_CONNECTIONS_PER_ADDRESS: Int(0, 1e6),
   UPSTREAM_CONNECT_TIMEOUT_MS: Int(1, 3600 * 1000),
   UPSTREAM_HEADERS_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),
   UPSTREAM_IDLE_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),

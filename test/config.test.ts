@@ -11,7 +11,7 @@ const secret = canaryKey()
 
 t.test('defaults with only a key', async (t) => {
   const c = readConfig({ OPENAI_KEY: secret })
-  t.strictSame(c.server, { host: '127.0.0.1', port: 8080, logLevel: 'info', trustProxy: false, requestTimeoutMs: 60_000, shutdownGraceMs: 10_000, production: false })
+  t.strictSame(c.server, { host: '127.0.0.1', port: 8080, logLevel: 'info', trustProxy: false, requestTimeoutMs: 60_000, headersTimeoutMs: 10_000, keepAliveTimeoutMs: 72_000, maxRequestsPerSocket: 1000, maxConnections: 10_000, maxConnectionsPerAddress: 256, shutdownGraceMs: 10_000, production: false })
   t.strictSame(c.proxy, { openaiKeys: [secret], proxyKeys: [], rateLimit: {} })
   t.equal(c.demo, false)
 })
@@ -33,6 +33,11 @@ t.test('every variable maps onto its option', async (t) => {
     LOG_LEVEL: 'debug',
     TRUST_PROXY: '10.0.0.0/8, 192.168.1.1',
     REQUEST_TIMEOUT_MS: '5000',
+    HEADERS_TIMEOUT_MS: '2000',
+    KEEP_ALIVE_TIMEOUT_MS: '3000',
+    MAX_REQUESTS_PER_SOCKET: '50',
+    MAX_CONNECTIONS: '500',
+    MAX_CONNECTIONS_PER_ADDRESS: '20',
     UPSTREAM_CONNECT_TIMEOUT_MS: '100',
     UPSTREAM_HEADERS_TIMEOUT_MS: '200',
     UPSTREAM_IDLE_TIMEOUT_MS: '300',
@@ -65,7 +70,7 @@ t.test('every variable maps onto its option', async (t) => {
     redisUrl: 'redis://127.0.0.1:6390',
     rateLimit: { requestsPerWindow: 30, windowMs: 30_000, tokensPerMinute: 9000, maxConcurrent: 3, failuresPerMinute: 10, defaultOutputTokens: 256, onStoreError: 'closed' }
   })
-  t.strictSame(c.server, { host: '0.0.0.0', port: 9000, logLevel: 'debug', trustProxy: ['10.0.0.0/8', '192.168.1.1'], requestTimeoutMs: 5000, shutdownGraceMs: 400, production: true })
+  t.strictSame(c.server, { host: '0.0.0.0', port: 9000, logLevel: 'debug', trustProxy: ['10.0.0.0/8', '192.168.1.1'], requestTimeoutMs: 5000, headersTimeoutMs: 2000, keepAliveTimeoutMs: 3000, maxRequestsPerSocket: 50, maxConnections: 500, maxConnectionsPerAddress: 20, shutdownGraceMs: 400, production: true })
 })
 
 t.test('bad values stop start-up naming the variable and never printing a secret', async (t) => {

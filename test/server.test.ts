@@ -31,7 +31,7 @@ t.test('with a key: no demo header, the configured upstream is used', async (t) 
   t.equal(res.headers.get('x-oai-proxy-demo'), null)
   t.equal(fake.requests[0]?.headers.authorization, `Bearer ${key}`)
   t.equal(s.app.server.requestTimeout, 60_000, 'request timeout is on')
-  t.equal(s.app.server.headersTimeout, 30_000, 'headers timeout is on')
+  t.equal(s.app.server.headersTimeout, 10_000, 'headers timeout is on')
 })
 
 t.test('shutdown with 100 streams in flight: drains for the grace period, then cuts them and aborts upstream', async (t) => {
