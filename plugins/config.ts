@@ -165,7 +165,7 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
       maxRequestsPerSocket: env.MAX_REQUESTS_PER_SOCKET ?? 1000,
       maxConnections: env.MAX_CONNECTIONS ?? 10_000,
       // Behind trusted proxies every connection comes from them: a per-address cap would cap the proxies.
-      maxConnectionsPerAddress: env.MAX_CONNECTIONS_PER_ADDRESS ?? (env.TRUST_PROXY === undefined ? 256 : 0),
+      maxConnectionsPerAddress: env.MAX_CONNECTIONS_PER_ADDRESS ?? (env.TRUST_PROXY === undefined ? 1000 : 0),
       shutdownGraceMs: env.SHUTDOWN_GRACE_MS ?? 10_000,
       production
     },

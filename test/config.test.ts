@@ -11,7 +11,7 @@ const secret = canaryKey()
 
 t.test('defaults with only a key', async (t) => {
   const c = readConfig({ OPENAI_KEY: secret })
-  t.strictSame(c.server, { host: '127.0.0.1', port: 8080, logLevel: 'info', trustProxy: false, requestTimeoutMs: 60_000, headersTimeoutMs: 10_000, keepAliveTimeoutMs: 72_000, maxRequestsPerSocket: 1000, maxConnections: 10_000, maxConnectionsPerAddress: 256, shutdownGraceMs: 10_000, production: false })
+  t.strictSame(c.server, { host: '127.0.0.1', port: 8080, logLevel: 'info', trustProxy: false, requestTimeoutMs: 60_000, headersTimeoutMs: 10_000, keepAliveTimeoutMs: 72_000, maxRequestsPerSocket: 1000, maxConnections: 10_000, maxConnectionsPerAddress: 1000, shutdownGraceMs: 10_000, production: false })
   t.strictSame(c.proxy, { openaiKeys: [secret], proxyKeys: [], rateLimit: {} })
   t.equal(c.demo, false)
 })

@@ -88,7 +88,7 @@ t.test('keep-alive idle time and requests per socket come from the configuration
   t.match(second, /^HTTP\/1\.1 200 [\s\S]*Connection: close/i, 'the second answer closes it')
 })
 
-t.test('defaults: headers 10 s, keep-alive 72 s, 1000 requests per socket, 10,000 connections, 256 per address (off behind TRUST_PROXY)', async (t) => {
+t.test('defaults: headers 10 s, keep-alive 72 s, 1000 requests per socket, 10,000 connections, 1000 per address (off behind TRUST_PROXY)', async (t) => {
   const fake = await startFakeOpenAI()
   const s = await startServer({ ...quiet, OPENAI_KEY: canaryKey(), UPSTREAM_URL: fake.url })
   t.teardown(async () => { await s.shutdown(); await fake.close() })
@@ -96,7 +96,7 @@ t.test('defaults: headers 10 s, keep-alive 72 s, 1000 requests per socket, 10,00
   t.equal(s.app.server.keepAliveTimeout, 72_000)
   t.equal(s.app.server.maxRequestsPerSocket, 1000)
   t.equal(s.app.server.maxConnections, 10_000)
-  t.equal(s.config.server.maxConnectionsPerAddress, 256)
+  t.equal(s.config.server.maxConnectionsPerAddress, 1000)
   const behind = await startServer({ ...quiet, OPENAI_KEY: canaryKey(), UPSTREAM_URL: fake.url, TRUST_PROXY: '1', REQUEST_TIMEOUT_MS: '5000' })
   t.teardown(() => behind.shutdown())
   t.equal(behind.config.server.maxConnectionsPerAddress, 0)
