@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import type { FastifyPluginAsync } from 'fastify'
-import auth from './plugins/auth.js'
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import auth, { clientKeys, presentedKey } from './plugins/auth.js'
 import cors from './plugins/cors.js'
 import errorHandler from './plugins/error-handler.js'
 import jsonBody from './plugins/json-body.js'
@@ -11,7 +11,7 @@ import requestPolicy from './plugins/request-policy.js'
 import requestGuard from './plugins/request-guard.js'
 import upstream from './plugins/upstream.js'
 import limitStore from './plugins/limit-store.js'
-import abuseGuard from './plugins/abuse-guard.js'
+import abuseGuard, { clientBans } from './plugins/abuse-guard.js'
 import rateLimit from './plugins/rate-limit.js'
 import tokenBudget from './plugins/token-budget.js'
 import health from './routes/health.js'
@@ -98,12 +98,16 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
 
   const limits = opts.rateLimit
   await app.register(limitStore, { redis: opts.redis, redisUrl: opts.redisUrl, onStoreError: limits.onStoreError, storeTimeoutMs: limits.storeTimeoutMs })
-  // Suite-wide, before auth: 404s and 401s happen outside the proxy routes and must be counted too.
-  await app.register(abuseGuard, { failuresPerMinute: limits.failuresPerMinute })
+  // Suite-wide, before auth: 404s and 401s happen outside the proxy routes and must be counted too, a
+  // client's against its key, so it needs to know who holds a valid one on paths auth never runs on.
+  const keys = clientKeys(opts.proxyKeys ?? [])
+  const identify = keys.size === 0 ? undefined : (request: FastifyRequest) => { const key = presentedKey(request); return key === undefined ? null : keys.idOf(key) }
+  await app.register(abuseGuard, { failuresPerMinute: limits.failuresPerMinute, identify })
   await app.register(health)
   await app.register(async (pipeline) => {
     await pipeline.register(requestGuard)
     await pipeline.register(auth, { proxyKeys: opts.proxyKeys, resolveClient: opts.resolveClient })
+    await pipeline.register(clientBans)
     await pipeline.register(rateLimit, { requestsPerWindow: limits.requestsPerWindow, windowMs: limits.windowMs })
     await pipeline.register(jsonBody, { bodyLimit: opts.bodyLimit, maxJsonDepth: opts.maxJsonDepth })
     // preHandlers, after auth and validation, before anything goes upstream: policy (may clamp the body),

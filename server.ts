@@ -4,7 +4,7 @@ import { realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import oaiProxy from './app.js'
-import { limitConnections, oaiProxyServerOptions } from './lib/server-options.js'
+import { limitConnections, oaiProxyExpectationHandler, oaiProxyServerOptions } from './lib/server-options.js'
 import { ConfigError, readConfig, type LoadedConfig } from './plugins/config.js'
 import { startFakeOpenAI, type FakeOpenAI } from './testing/fake-openai.js'
 
@@ -51,6 +51,7 @@ export async function startServer (env: Record<string, string | undefined> = pro
   // A client must finish sending its headers well within the request timeout (Node's default is 60 s).
   app.server.headersTimeout = Math.min(server.headersTimeoutMs, server.requestTimeoutMs)
   limitConnections(app.server, server, app.log)
+  app.server.on('checkExpectation', oaiProxyExpectationHandler)
 
   let fake: FakeOpenAI | undefined
   let proxy = config.proxy

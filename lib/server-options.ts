@@ -1,4 +1,4 @@
-import { STATUS_CODES, type Server } from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyBaseLogger, FastifyError, FastifyReply, FastifyRequest } from 'fastify'
@@ -17,7 +17,11 @@ export function oaiProxyFrameworkErrors (error: FastifyError, _request: FastifyR
 }
 
 export function oaiProxyClientErrorHandler (error: Error & { code?: string }, socket: Socket): void {
-  if (error.code === 'ECONNRESET' || !socket.writable) {
+  // A response already under way on this socket (bytes that are not a request arrived behind a stream):
+  // a status line written now would land inside its body. Cut the connection instead, as Node's own
+  // handler does (it checks the same internal `_httpMessage`).
+  const inFlight = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent === true
+  if (error.code === 'ECONNRESET' || !socket.writable || inFlight) {
     socket.destroy()
     return
   }
@@ -28,6 +32,16 @@ export function oaiProxyClientErrorHandler (error: Error & { code?: string }, so
       : [400, 'The request is malformed.', 'bad_request'] as const
   const body = JSON.stringify(envelope(message, 'invalid_request_error', code))
   socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+}
+
+/**
+ * `Expect` values other than `100-continue` get 417 in OpenAI's envelope: without a `checkExpectation`
+ * listener Node answers them itself, with an empty body. Register with `server.on('checkExpectation', …)`.
+ */
+export function oaiProxyExpectationHandler (_req: IncomingMessage, res: ServerResponse): void {
+  const body = JSON.stringify(envelope('Only "Expect: 100-continue" is supported.', 'invalid_request_error', 'expectation_failed'))
+  res.writeHead(417, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), connection: 'close' })
+  res.end(body)
 }
 
 /**

@@ -48,6 +48,23 @@ export function matchKey (candidate: string, keyDigests: readonly Buffer[]): num
   return found
 }
 
+/**
+ * The configured client keys: `idOf` gives the client id of a presented key (compared in constant time),
+ * or null. Shared by auth and the abuse guard, which needs to know who failed on paths auth never sees.
+ */
+export function clientKeys (proxyKeys: readonly string[]): { size: number, idOf: (candidate: string) => string | null } {
+  const keys = [...new Set(proxyKeys)]
+  const digests = keys.map(digest)
+  const ids = keys.map((k) => fingerprint(k, 'client'))
+  return {
+    size: keys.length,
+    idOf: (candidate) => {
+      const index = candidate.length > 0 && candidate.length <= 1024 ? matchKey(candidate, digests) : -1
+      return index === -1 ? null : ids[index] as string
+    }
+  }
+}
+
 /** The presented key: `Authorization: Bearer`, else `x-api-key`, else `api-key`. Never the query string or a cookie. */
 export function presentedKey (request: FastifyRequest): string | undefined {
   const auth = request.headers.authorization
@@ -80,13 +97,11 @@ async function resolveHostClient (resolve: ResolveClient, request: FastifyReques
 }
 
 const auth: FastifyPluginAsync<AuthOptions> = async (app, opts) => {
-  const keys = [...new Set(opts.proxyKeys ?? [])]
-  const digests = keys.map(digest)
-  const ids = keys.map((k) => fingerprint(k, 'client'))
+  const keys = clientKeys(opts.proxyKeys ?? [])
   const resolve = opts.resolveClient
   if (resolve !== undefined && typeof resolve !== 'function') throw new Error('oai-proxy: invalid option /resolveClient: must be a function')
-  if (resolve !== undefined && keys.length > 0) throw new Error('oai-proxy: give proxyKeys or resolveClient, not both (resolveClient replaces proxy-key auth)')
-  if (keys.length === 0 && resolve === undefined) {
+  if (resolve !== undefined && keys.size > 0) throw new Error('oai-proxy: give proxyKeys or resolveClient, not both (resolveClient replaces proxy-key auth)')
+  if (keys.size === 0 && resolve === undefined) {
     app.log.warn('oai-proxy: no proxy keys configured (PROXY_KEY); anyone who can reach this proxy can spend the upstream key')
   }
   app.decorateRequest('oaiProxyClient', null)
@@ -97,15 +112,15 @@ const auth: FastifyPluginAsync<AuthOptions> = async (app, opts) => {
       request.oaiProxyClient = await resolveHostClient(resolve, request)
       return
     }
-    if (keys.length === 0) {
+    if (keys.size === 0) {
       request.oaiProxyClient = { id: `ip:${request.ip}`, kind: 'anonymous' }
       return
     }
     const candidate = presentedKey(request)
     if (candidate === undefined) throw proxyError('MISSING_KEY')
-    const index = candidate.length > 0 && candidate.length <= 1024 ? matchKey(candidate, digests) : -1
-    if (index === -1) throw proxyError('INVALID_KEY')
-    request.oaiProxyClient = { id: ids[index] as string, kind: 'proxy-key' }
+    const id = keys.idOf(candidate)
+    if (id === null) throw proxyError('INVALID_KEY')
+    request.oaiProxyClient = { id, kind: 'proxy-key' }
   })
 }
 

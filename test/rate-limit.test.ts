@@ -63,21 +63,57 @@ proxyTest(t, 'with TRUST_PROXY set to the load balancer, the right-most untruste
   t.equal(await send('10.0.0.6'), 200, 'another real client has its own bucket')
 })
 
-proxyTest(t, 'failed requests (404, 405, 401) from one address are counted in a stricter bucket', { proxy: { rateLimit: { failuresPerMinute: 5 } } }, async (h, t) => {
+proxyTest(t, 'failed requests without a valid key (401) are counted per address: past the limit even a correct key from there is refused', { proxy: { rateLimit: { failuresPerMinute: 5 } } }, async (h, t) => {
   const statuses: number[] = []
-  for (const [method, url, headers] of [
-    ['GET', '/v1/files', h.auth], ['GET', '/v1/organization/users', h.auth], ['GET', '/v1/chat/completions', h.auth],
-    ['POST', '/v1/chat/completions', { authorization: 'Bearer wrong-1' }], ['POST', '/v1/chat/completions', { authorization: 'Bearer wrong-2' }]
-  ] as Array<['GET' | 'POST', string, Record<string, string>]>) {
-    statuses.push((await h.app.inject({ method, url, headers, payload: method === 'POST' ? chatBody() : undefined })).statusCode)
+  for (let i = 0; i < 5; i++) {
+    const headers = i % 2 === 0 ? { authorization: `Bearer wrong-${i}` } : {}
+    statuses.push((await h.app.inject({ method: i === 4 ? 'GET' : 'POST', url: i === 4 ? '/v1/files' : '/v1/chat/completions', headers, payload: i === 4 ? undefined : chatBody() })).statusCode)
   }
-  t.strictSame(statuses, [404, 404, 405, 401, 401])
+  t.strictSame(statuses, [401, 401, 401, 401, 404], 'wrong keys, no key, and an unknown path without a key')
   const blocked = await post(h)
   t.equal(blocked.statusCode, 429, 'even a correct key is refused once the address is over the failure limit')
-  t.match(blocked.json(), { error: { type: 'requests', code: 'rate_limit_exceeded', message: /Too many failed requests/ } })
+  t.match(blocked.json(), { error: { type: 'requests', code: 'rate_limit_exceeded', message: /Too many failed requests from your address/ } })
   t.ok(Number(blocked.headers['retry-after']) >= 1)
   t.equal((await h.app.inject({ method: 'GET', url: '/health' })).statusCode, 200, 'health checks are exempt')
   t.equal(h.upstream.requests.length, 0)
+})
+
+t.test('failures by a client with a valid key count against that key: it is refused, others at its address are not', async (t) => {
+  const mine = `sk-oaip-${'a'.repeat(24)}${Date.now()}`
+  const theirs = `sk-oaip-${'b'.repeat(24)}${Date.now()}`
+  await proxyTest(t, 'one keyed client probing unknown paths', { proxy: { proxyKeys: [mine, theirs], rateLimit: { failuresPerMinute: 5 } } }, async (h, t) => {
+    const as = (key: string) => ({ authorization: `Bearer ${key}` })
+    const probes: number[] = []
+    for (const [method, url] of [['GET', '/v1/files'], ['GET', '/v1/organization/users'], ['GET', '/v1/chat/completions'], ['POST', '/v1/fine_tuning/jobs'], ['DELETE', '/v1/models/x']] as Array<['GET' | 'POST' | 'DELETE', string]>) {
+      probes.push((await h.app.inject({ method, url, headers: as(mine) })).statusCode)
+    }
+    t.strictSame(probes, [404, 404, 405, 404, 405], 'five failures with a valid key')
+    const send = (key: string) => h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: as(key), payload: chatBody() })
+    const refused = await send(mine)
+    t.equal(refused.statusCode, 429, 'that client is over its limit')
+    t.match(refused.json(), { error: { type: 'requests', code: 'rate_limit_exceeded', message: /Too many failed requests with your key/ } })
+    t.ok(Number(refused.headers['retry-after']) >= 1)
+    t.equal((await send(theirs)).statusCode, 200, 'another client at the same address is served')
+    t.equal(h.upstream.requests.length, 1, 'only that request went upstream')
+    // The address bucket is untouched: four wrong keys still get 401, not 429.
+    for (let i = 0; i < 4; i++) t.equal((await h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: as(`wrong-${i}`), payload: chatBody() })).statusCode, 401)
+    t.equal((await send(theirs)).statusCode, 200, 'and the other client is still served')
+  })
+})
+
+t.test('without proxy keys every failure counts per address; with resolveClient a routed failure counts per client', async (t) => {
+  await proxyTest(t, 'an open proxy', { proxy: { proxyKeys: [], rateLimit: { failuresPerMinute: 3 } } }, async (h, t) => {
+    for (let i = 0; i < 3; i++) t.equal((await h.app.inject({ method: 'GET', url: `/v1/files/${i}` })).statusCode, 404)
+    t.equal((await h.app.inject({ method: 'GET', url: '/v1/models' })).statusCode, 429, 'the address is over its limit')
+  })
+  const resolveClient = (r: { headers: Record<string, unknown> }) => (typeof r.headers['x-user'] === 'string' ? { id: `user:${r.headers['x-user']}` } : null)
+  await proxyTest(t, 'host identities', { proxy: { proxyKeys: undefined, resolveClient, rateLimit: { failuresPerMinute: 3 } } }, async (h, t) => {
+    const get = (user: string, url: string) => h.app.inject({ method: 'GET', url, headers: { 'x-user': user } })
+    // The model does not exist upstream: a 404 on a proxy route, after the host identified the caller.
+    for (let i = 0; i < 3; i++) t.equal((await get('alice', '/v1/models/unknown-model')).statusCode, 404)
+    t.equal((await get('alice', '/v1/models')).statusCode, 429, 'alice is over her limit')
+    t.equal((await get('bob', '/v1/models')).statusCode, 200, 'bob, at the same address, is not')
+  })
 })
 
 proxyTest(t, 'the openai SDK gets a RateLimitError with type and code, and honours Retry-After', { listen: true, proxy: { rateLimit: { requestsPerWindow: 1, windowMs: 1000 } } }, async (h, t) => {
