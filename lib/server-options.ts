@@ -98,7 +98,8 @@ export function limitConnections (server: Server, limits: ConnectionLimits, log:
   const perAddress = limits.maxConnectionsPerAddress
   if (perAddress <= 0) return
   server.on('connection', (socket: Socket) => {
-    const address = normalizeIP(socket.remoteAddress ?? '', 64)
+    // Undefined only for a socket already gone; such sockets share one harmless bucket.
+    const address = normalizeIP(`${socket.remoteAddress}`, 64)
     const n = (open.get(address) ?? 0) + 1
     if (n > perAddress) {
       socket.destroy()
@@ -107,7 +108,7 @@ export function limitConnections (server: Server, limits: ConnectionLimits, log:
     }
     open.set(address, n)
     socket.once('close', () => {
-      const left = (open.get(address) ?? 1) - 1
+      const left = (open.get(address) as number) - 1
       if (left <= 0) open.delete(address)
       else open.set(address, left)
     })

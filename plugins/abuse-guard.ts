@@ -53,7 +53,7 @@ const abuseGuard: FastifyPluginAsync<AbuseGuardOptions> = async (app, opts) => {
     if (!clientOf.has(request)) {
       // Undefined outside the proxy routes' scope, where auth (which decorates requests) never ran.
       const client = request.oaiProxyClient as OaiProxyClient | null | undefined
-      const id = client !== null && client !== undefined && client.kind !== 'anonymous' ? client.id : (opts.identify?.(request) ?? null)
+      const id = client != null && client.kind !== 'anonymous' ? client.id : (opts.identify?.(request) ?? null)
       clientOf.set(request, id)
     }
     return clientOf.get(request) as string | null

@@ -84,17 +84,17 @@ t.test('failures by a client with a valid key count against that key: it is refu
   await proxyTest(t, 'one keyed client probing unknown paths', { proxy: { proxyKeys: [mine, theirs], rateLimit: { failuresPerMinute: 5 } } }, async (h, t) => {
     const as = (key: string) => ({ authorization: `Bearer ${key}` })
     const probes: number[] = []
-    for (const [method, url] of [['GET', '/v1/files'], ['GET', '/v1/organization/users'], ['GET', '/v1/chat/completions'], ['POST', '/v1/fine_tuning/jobs'], ['DELETE', '/v1/models/x']] as Array<['GET' | 'POST' | 'DELETE', string]>) {
+    for (const [method, url] of [['GET', '/v1/files'], ['GET', '/v1/organization/users'], ['GET', '/v1/chat/completions'], ['GET', '/v1/models/unknown-model'], ['DELETE', '/v1/models/x']] as Array<['GET' | 'DELETE', string]>) {
       probes.push((await h.app.inject({ method, url, headers: as(mine) })).statusCode)
     }
-    t.strictSame(probes, [404, 404, 405, 404, 405], 'five failures with a valid key')
+    t.strictSame(probes, [404, 404, 405, 404, 405], 'five failures with a valid key, one of them upstream\'s (a model that does not exist)')
     const send = (key: string) => h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: as(key), payload: chatBody() })
     const refused = await send(mine)
     t.equal(refused.statusCode, 429, 'that client is over its limit')
     t.match(refused.json(), { error: { type: 'requests', code: 'rate_limit_exceeded', message: /Too many failed requests with your key/ } })
     t.ok(Number(refused.headers['retry-after']) >= 1)
     t.equal((await send(theirs)).statusCode, 200, 'another client at the same address is served')
-    t.equal(h.upstream.requests.length, 1, 'only that request went upstream')
+    t.equal(h.upstream.requests.length, 2, 'only the model lookup and the other client\'s request went upstream')
     // The address bucket is untouched: four wrong keys still get 401, not 429.
     for (let i = 0; i < 4; i++) t.equal((await h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: as(`wrong-${i}`), payload: chatBody() })).statusCode, 401)
     t.equal((await send(theirs)).statusCode, 200, 'and the other client is still served')
@@ -103,7 +103,8 @@ t.test('failures by a client with a valid key count against that key: it is refu
 
 t.test('without proxy keys every failure counts per address; with resolveClient a routed failure counts per client', async (t) => {
   await proxyTest(t, 'an open proxy', { proxy: { proxyKeys: [], rateLimit: { failuresPerMinute: 3 } } }, async (h, t) => {
-    for (let i = 0; i < 3; i++) t.equal((await h.app.inject({ method: 'GET', url: `/v1/files/${i}` })).statusCode, 404)
+    for (let i = 0; i < 2; i++) t.equal((await h.app.inject({ method: 'GET', url: `/v1/files/${i}` })).statusCode, 404)
+    t.equal((await h.app.inject({ method: 'GET', url: '/v1/models/unknown-model' })).statusCode, 404, 'a routed failure by an anonymous caller counts per address too')
     t.equal((await h.app.inject({ method: 'GET', url: '/v1/models' })).statusCode, 429, 'the address is over its limit')
   })
   const resolveClient = (r: { headers: Record<string, unknown> }) => (typeof r.headers['x-user'] === 'string' ? { id: `user:${r.headers['x-user']}` } : null)
