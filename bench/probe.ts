@@ -71,6 +71,11 @@ export function serveProbe (url: string, close: () => Promise<unknown>): void {
       delay.reset()
       return out
     },
+    /** What a soak watches for leaks: RSS, heap, external memory and active handles (sockets, timers, …). */
+    health: () => {
+      const m = process.memoryUsage()
+      return { rss: m.rss, heapUsed: m.heapUsed, external: m.external, handles: process.getActiveResourcesInfo().length }
+    },
     stop: async () => {
       const last = report()
       setImmediate(() => { close().finally(() => process.exit(0)) })

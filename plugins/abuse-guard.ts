@@ -3,7 +3,6 @@ import { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { retryHeaders } from '../lib/durations.js'
-import type { OaiProxyClient } from './auth.js'
 
 export interface AbuseGuardOptions {
   /** Failed requests (401, 404, 405) a caller may make per minute before its requests get 429. 0 = off. */
@@ -48,14 +47,12 @@ const abuseGuard: FastifyPluginAsync<AbuseGuardOptions> = async (app, opts) => {
   const byAddress = app.createRateLimit({ ...limit, keyGenerator: (r) => `fail:${normalizeIP(r.ip, 64)}` }) as Limiter
   const byClient = app.createRateLimit({ ...limit, keyGenerator: (r) => `fail:client:${clientOf.get(r) as string}` }) as Limiter
   app.decorate('oaiProxyClientFailures', byClient)
+  const identify = opts.identify ?? ((): null => null)
 
+  // `clientBans` records every caller auth identified; outside the proxy routes (where auth never runs) the
+  // caller is whoever holds the key it presents, if any.
   const identified = (request: FastifyRequest): string | null => {
-    if (!clientOf.has(request)) {
-      // Undefined outside the proxy routes' scope, where auth (which decorates requests) never ran.
-      const client = request.oaiProxyClient as OaiProxyClient | null | undefined
-      const id = client != null && client.kind !== 'anonymous' ? client.id : (opts.identify?.(request) ?? null)
-      clientOf.set(request, id)
-    }
+    if (!clientOf.has(request)) clientOf.set(request, identify(request))
     return clientOf.get(request) as string | null
   }
 

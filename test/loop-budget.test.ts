@@ -20,9 +20,9 @@ t.test('the budget opens with the first heavy work of a turn and is spent after 
   await yieldTurn(LIGHT_CHARS)
   order.push('work')
   t.strictSame(order, ['timer', 'work'], 'the waiting heavy work runs after the due timer')
-  t.equal(overBudget(), false, 'and in a fresh window')
-  await yieldTurn(LIGHT_CHARS)
-  t.pass('with budget left, no wait')
+  // (Whether the new window still has budget right now depends on how busy the machine is: not asserted.)
+  await laterTurn()
+  t.equal(overBudget(), false, 'the first heavy work of a turn always has budget')
 })
 
 t.test('light work never waits, even with the budget spent', async (t) => {
