@@ -36,7 +36,8 @@ async function soak (proxy: Child, key: string): Promise<void> {
   const pool = newPool(proxy.url, MAX_IN_FLIGHT, 30_000)
   const json = { 'content-type': 'application/json', authorization: `Bearer ${key}` }
   const small = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello there, how are you today?' }] }))
-  const stream = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'Tell me a story.' }] }))
+  // The fake echoes a word per frame: 101 words, ~2.75 s at 25 ms a frame (as the bench's streams).
+  const stream = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'a '.repeat(100).trim() }] }))
   const big = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'lorem ipsum '.repeat(21_800) }] }))
   const outcomes = new Map<string, number>()
   const note = (what: string): void => { outcomes.set(what, (outcomes.get(what) ?? 0) + 1) }
