@@ -120,21 +120,17 @@ export class SecretRedactor extends Transform {
   override _flush (done: TransformCallback): void {
     const rest = this.#before?.finish() ?? ''
     if (rest.length > 0) this.#pass(Buffer.from(rest))
-    if (this.#carry.length > 0) this.push(this.#scrub(this.#carry))
+    if (this.#carry.length > 0) this.push(scrub(this.#carry, this.#secrets))
     done()
   }
 
   #pass (chunk: Buffer): void {
     // Scrub first, then hold back: a whole secret at the very end (one whose last character is also its
     // first, e.g. a key ending in "s") must be cut now, not mistaken for the start of another.
-    const clean = this.#scrub(this.#carry.length > 0 ? Buffer.concat([this.#carry, chunk]) : chunk)
+    const clean = scrub(this.#carry.length > 0 ? Buffer.concat([this.#carry, chunk]) : chunk, this.#secrets)
     const hold = this.#holdback(clean)
     this.#carry = hold > 0 ? Buffer.from(clean.subarray(clean.length - hold)) : EMPTY
     if (clean.length > hold) this.push(clean.subarray(0, clean.length - hold))
-  }
-
-  #scrub (data: Buffer): Buffer {
-    return scrub(data, this.#secrets)
   }
 
   /** Length of the longest tail of `data` that is a proper prefix of some secret (0 if none). */

@@ -244,38 +244,30 @@ proxyTest(t, 'Content-Length smaller than the bytes sent: the excess is parsed a
     checkSeen(t, h, conn, c.what)
   }
 
-  {
-    // Excess that is not a request: Node's parser fails on it while the first request is still in flight, and
-    // the client-error handler's 400 goes out (and closes) before the first answer, which is lost. The first
-    // request was valid and allowed; it may still be forwarded, verbatim. Nothing else reaches upstream.
+  /** Bytes the parser fails on behind a first request: its 400 goes out first and closes the connection. */
+  const parserRefuses = async (what: string, payload: string): Promise<Array<{ method: string, url: string, body: Buffer }>> => {
     const before = h.upstream.requests.length
     const conn = await open(h)
-    conn.socket.write(head('POST', '/v1/chat/completions', { ...h.auth, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(BODY)) }) + BODY + ',"tools":[{"x":1}]}\r\n\r\n')
+    conn.socket.write(payload)
     await conn.closed
-    t.notOk(conn.timedOut(), 'garbage excess: the proxy closed the connection')
+    t.notOk(conn.timedOut(), `${what}: the proxy closed the connection`)
     const seen = finals(conn.text())
-    t.strictSame(seen.map((r) => r.statusCode), [400], 'garbage excess: one 400 from the parser, then closed')
-    expectOpenAIError(t, seen[0] ?? NOTHING, 400, 'bad_request', 'garbage excess')
+    t.strictSame(seen.map((r) => r.statusCode), [400], `${what}: one 400 from the parser, then closed`)
+    expectOpenAIError(t, seen[0] ?? NOTHING, 400, 'bad_request', what)
     await sleep(200)
-    const sent = h.upstream.requests.slice(before)
-    t.ok(sent.length <= 1, `garbage excess: at most the first request upstream (${sent.length})`)
-    t.ok(sent.every((r) => r.url === '/v1/chat/completions' && r.body.toString() === BODY), 'garbage excess: and only verbatim')
-    checkSeen(t, h, conn, 'garbage excess')
+    checkSeen(t, h, conn, what)
+    return h.upstream.requests.slice(before)
   }
 
-  // Content-Length cuts the JSON short: the first body is invalid JSON and the rest is not a request. As above,
-  // the parser's 400 for the rest goes out first and closes; the first request's own 400 is never written.
-  const before = h.upstream.requests.length
-  const conn = await open(h)
-  conn.socket.write(head('POST', '/v1/chat/completions', { ...h.auth, 'content-type': 'application/json', 'content-length': '20' }) + BODY)
-  await conn.closed
-  t.notOk(conn.timedOut(), 'cut JSON: the proxy closed the connection')
-  const seen = finals(conn.text())
-  t.strictSame(seen.map((r) => r.statusCode), [400], 'cut JSON: one 400, then closed')
-  expectOpenAIError(t, seen[0] ?? NOTHING, 400, 'bad_request', 'cut JSON')
-  await sleep(200)
-  t.equal(h.upstream.requests.length, before, 'cut JSON: nothing upstream')
-  checkSeen(t, h, conn, 'cut JSON')
+  // Excess that is not a request, while the first request is still in flight: the first answer is lost. The
+  // first request was valid and allowed; it may still be forwarded, verbatim. Nothing else reaches upstream.
+  const sent = await parserRefuses('garbage excess', head('POST', '/v1/chat/completions', { ...h.auth, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(BODY)) }) + BODY + ',"tools":[{"x":1}]}\r\n\r\n')
+  t.ok(sent.length <= 1, `garbage excess: at most the first request upstream (${sent.length})`)
+  t.ok(sent.every((r) => r.url === '/v1/chat/completions' && r.body.toString() === BODY), 'garbage excess: and only verbatim')
+
+  // Content-Length cuts the JSON short: the first body is invalid JSON and the rest is not a request; the first
+  // request's own 400 is never written.
+  t.strictSame(await parserRefuses('cut JSON', head('POST', '/v1/chat/completions', { ...h.auth, 'content-type': 'application/json', 'content-length': '20' }) + BODY), [], 'cut JSON: nothing upstream')
   await stillServes(t, h)
 })
 
