@@ -28,8 +28,8 @@ import { assertNoLeak, chatBody, proxyTest, randomToken, rawRequest } from './he
  * over 15 standard errors away. Measured on this 2-core machine, quiet, under coverage, and with two CPU
  * hogs beside it, the worst pair for `matchKey` strayed by 0.02–0.07 (mostly the 10-character key against
  * a 40-character one: a few ns of string conversion that depends on the sender's own length, never on the
- * key), its medians by 1% at most. A leak of ~0.2 µs hidden inside `matchKey`'s own 1–2 µs (an early-exit
- * compare of the raw 40-character key) strays by 0.32–0.47 and shifts the median by 15–40%; the 64 KiB
+ * key), its medians by 2% at most. A leak of ~0.2 µs hidden inside `matchKey`'s own 1–2 µs (an early-exit
+ * compare of the raw 40-character key) strays by 0.32–0.47 and shifts the median by 12–40%; the 64 KiB
  * naive loop strays by 0.5. Both bounds sit with a margin of two or more on either side.
  */
 const BOUNDS: Bounds = { share: 0.15, ratio: 1.05 }
