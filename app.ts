@@ -50,6 +50,8 @@ export function resolveOptions (opts: OaiProxyOptions) {
     upstreamConnectTimeoutMs: opts.upstreamConnectTimeoutMs ?? 10_000,
     upstreamHeadersTimeoutMs: opts.upstreamHeadersTimeoutMs ?? 600_000,
     upstreamIdleTimeoutMs: opts.upstreamIdleTimeoutMs ?? 300_000,
+    streamStallTimeoutMs: opts.streamStallTimeoutMs ?? 60_000,
+    streamMaxDurationMs: opts.streamMaxDurationMs ?? 3_600_000,
     endpoints: wanted === undefined ? allEndpoints : allEndpoints.filter((e) => wanted.includes(e.id)),
     unprefixedRoutes: opts.unprefixedRoutes ?? true,
     demo: opts.demo ?? false,
@@ -115,7 +117,13 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     await pipeline.register(requestPolicy, opts.policy ?? {})
     await pipeline.register(promptFilter, { ...opts.filter, logPrompts: opts.logPrompts ?? false, userAgent: `oai-reverse-proxy/${VERSION}` })
     await pipeline.register(tokenBudget, { tokensPerMinute: limits.tokensPerMinute, maxConcurrent: limits.maxConcurrent, defaultOutputTokens: limits.defaultOutputTokens, slotLeaseMs: limits.slotLeaseMs })
-    await pipeline.register(proxyRoutes, { endpoints: opts.endpoints, unprefixedRoutes: unprefixed, bodyLimit: opts.bodyLimit, userAgent: `oai-reverse-proxy/${VERSION}` })
+    await pipeline.register(proxyRoutes, {
+      endpoints: opts.endpoints,
+      unprefixedRoutes: unprefixed,
+      bodyLimit: opts.bodyLimit,
+      userAgent: `oai-reverse-proxy/${VERSION}`,
+      streamLimits: { stallMs: opts.streamStallTimeoutMs, maxMs: opts.streamMaxDurationMs }
+    })
   })
 }
 

@@ -10,3 +10,6 @@ export const ALL_FEATURES = {
   filter: { ...FILTER_RULES, scripts: ['Han', 'Hiragana', 'Katakana'] },
   policy: { allowedModels: ['gpt-4o*', 'gpt-4.1*', 'gpt-5*'], maxOutputTokens: 4096 }
 }
+
+/** A model name the bench's fake upstream answers with one stream frame a second, `max_tokens` of them (the soak's long stream). */
+export const LONG_STREAM_MODEL = 'gpt-4o-soak-long'

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { startChild, type Child } from './children.js'
-import { ALL_FEATURES } from './features.js'
+import { ALL_FEATURES, LONG_STREAM_MODEL } from './features.js'
 import { newPool, PATH } from './load.js'
 import type { LoopDelay } from './probe.js'
 
@@ -11,6 +11,7 @@ import type { LoopDelay } from './probe.js'
  * SSE stream read to the end (110 frames, 25 ms apart), two unknown-path 404s with a valid key; every fifth
  * second also a 256 KB prompt, a stream the client abandons after 500 ms, and a wrong key (401). Work that
  * is still in flight from earlier seconds is capped, so a slow proxy shows as errors, not as a pile-up.
+ * And one long stream for the whole run (a frame a second, threat S09), which must end with [DONE].
  */
 
 const MINUTES = Math.max(1, Number(process.argv[2] ?? 60))
@@ -59,6 +60,20 @@ async function soak (proxy: Child, key: string): Promise<void> {
     }
   }
 
+  // The long stream: its frames are counted as they arrive; it must outlive every other timeout.
+  const long = { frames: 0, done: false, endedAt: 0, error: '' }
+  const longPool = newPool(proxy.url, 1, 30_000)
+  const longBody = Buffer.from(JSON.stringify({ model: LONG_STREAM_MODEL, stream: true, max_tokens: MINUTES * 60 - 30, messages: [{ role: 'user', content: 'a long one' }] }))
+  longPool.request({ path: PATH, method: 'POST', headers: json, body: longBody }).then(async (res) => {
+    let tail = ''
+    for await (const chunk of res.body) {
+      const text = (chunk as Buffer).toString()
+      long.frames += text.split('data: {').length - 1
+      tail = (tail + text).slice(-64)
+    }
+    long.done = tail.endsWith('data: [DONE]\n\n')
+  }).catch((err: unknown) => { long.error = (err as { code?: string }).code ?? (err as Error).name }).finally(() => { long.endedAt = Date.now() })
+
   await proxy.call('loopOn')
   process.stdout.write(`soak: every feature on, ${MINUTES} min; per minute: RSS / heap used / external MiB, active handles, event-loop delay p99 / max ms, outcomes\n`)
   const lines: Health[] = []
@@ -79,7 +94,7 @@ async function soak (proxy: Child, key: string): Promise<void> {
       lines.push(h)
       const counts = [...outcomes].sort().map(([k, v]) => `${k}: ${v}`).join(', ')
       outcomes.clear()
-      process.stdout.write(`min ${String(second / 60).padStart(3)}  ${mib(h.rss)} / ${mib(h.heapUsed)} / ${mib(h.external)} MiB  handles ${h.handles}  loop ${d.p99} / ${d.max} ms  in flight ${inFlight}  ${counts}\n`)
+      process.stdout.write(`min ${String(second / 60).padStart(3)}  ${mib(h.rss)} / ${mib(h.heapUsed)} / ${mib(h.external)} MiB  handles ${h.handles}  loop ${d.p99} / ${d.max} ms  in flight ${inFlight}  long stream ${long.frames} frames${long.endedAt > 0 ? ' (ended)' : ''}  ${counts}\n`)
     }
   }
   const first = lines[0] as Health
@@ -87,7 +102,10 @@ async function soak (proxy: Child, key: string): Promise<void> {
   const min = (f: (h: Health) => number): number => Math.min(...lines.map(f))
   const max = (f: (h: Health) => number): number => Math.max(...lines.map(f))
   process.stdout.write(`summary: RSS ${mib(first.rss)} -> ${mib(last.rss)} MiB (range ${mib(min((h) => h.rss))}-${mib(max((h) => h.rss))}), heap used ${mib(first.heapUsed)} -> ${mib(last.heapUsed)} MiB, handles ${first.handles} -> ${last.handles} (range ${min((h) => h.handles)}-${max((h) => h.handles)})\n`)
+  const lasted = ((long.endedAt === 0 ? Date.now() : long.endedAt) - started) / 60_000
+  process.stdout.write(`long stream: ${long.frames} frames over ${lasted.toFixed(1)} min, ${long.done ? 'ended with [DONE]' : long.endedAt === 0 ? 'still open' : `cut (${long.error || 'no [DONE]'})`}\n`)
   await pool.destroy()
+  await longPool.destroy()
 }
 
 main().catch((err: unknown) => {

@@ -146,6 +146,8 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     ...(env.UPSTREAM_CONNECT_TIMEOUT_MS === undefined ? {} : { upstreamConnectTimeoutMs: env.UPSTREAM_CONNECT_TIMEOUT_MS }),
     ...(env.UPSTREAM_HEADERS_TIMEOUT_MS === undefined ? {} : { upstreamHeadersTimeoutMs: env.UPSTREAM_HEADERS_TIMEOUT_MS }),
     ...(env.UPSTREAM_IDLE_TIMEOUT_MS === undefined ? {} : { upstreamIdleTimeoutMs: env.UPSTREAM_IDLE_TIMEOUT_MS }),
+    ...(env.STREAM_STALL_TIMEOUT_MS === undefined ? {} : { streamStallTimeoutMs: env.STREAM_STALL_TIMEOUT_MS }),
+    ...(env.STREAM_MAX_DURATION_MS === undefined ? {} : { streamMaxDurationMs: env.STREAM_MAX_DURATION_MS }),
     ...(endpoints.length === 0 ? {} : { endpoints }),
     ...filterAndPolicy,
     ...(env.REDIS_URL === undefined ? {} : { redisUrl: env.REDIS_URL }),

@@ -15,6 +15,7 @@ import { upstreamPath, type EndpointDefinition } from '../schemas/endpoints.js'
 import { analysisOf, decorateAnalysis, planFor, type RequestAnalysis } from '../lib/request-analysis.js'
 import { upstreamBody } from '../lib/request-body.js'
 import { request as upstreamRequest } from '../lib/undici-core.js'
+import { StreamGuard, type StreamLimits } from '../lib/stream-guard.js'
 
 export interface ProxyRoutesOptions {
   /** The endpoint-table rows to serve (see `schemas/endpoints.ts`). */
@@ -25,6 +26,8 @@ export interface ProxyRoutesOptions {
   bodyLimit: number
   /** `User-Agent` sent upstream in place of the client's. */
   userAgent: string
+  /** When a response is cut: a client that stopped reading, a call that lasts too long (lib/stream-guard.ts). */
+  streamLimits: StreamLimits
 }
 
 declare module 'fastify' {
@@ -80,11 +83,17 @@ function firstHeader (value: string | string[] | undefined): string | undefined 
   return Array.isArray(value) ? value[0] : value
 }
 
-function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
+function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: StreamGuard) {
   const { dispatcher, origin, basePath } = app.oaiProxyUpstream
   const keys = app.oaiProxyKeys
 
   return async function forward (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const startedAt = Date.now()
+    // From here a successful answer is on its way to the client: cut it if the client stops reading or
+    // the call runs past its cap (destroying the response aborts upstream, below).
+    const guardAnswer = () => guard.watch(reply.raw, startedAt, (reason) => {
+      request.log.warn({ reason, ms: Date.now() - startedAt }, 'oai-proxy: response cut')
+    })
     // Every proxy route carries its table row, so there is an analysis (made here if no step asked before).
     const analysis = analysisOf(request) as RequestAnalysis
     const endpoint = analysis.endpoint
@@ -129,6 +138,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
         }
         // A small JSON answer a plugin asked to rewrite (only where the endpoint table allows it).
         const rewrite = endpoint.rewritableResponse === undefined ? null : request.oaiProxyRewriteResponse
+        guardAnswer()
         if (typeof rewrite === 'function') return sendRewritten(reply, res, rewrite, keys.secrets)
         const contentType = firstHeader(res.headers['content-type'])
         if (mayReadWhole(contentType, firstHeader(res.headers['content-length']))) {
@@ -182,7 +192,9 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions) {
 const proxyRoutes: FastifyPluginAsync<ProxyRoutesOptions> = async (app, opts) => {
   app.setValidatorCompiler(typeboxValidator)
   decorateAnalysis(app)
-  const handler = forwarder(app, opts)
+  const guard = new StreamGuard(opts.streamLimits)
+  app.addHook('onClose', async () => guard.close())
+  const handler = forwarder(app, opts, guard)
   for (const endpoint of opts.endpoints) {
     // Per-endpoint work is done here, once, not per request.
     planFor(endpoint)

@@ -59,6 +59,10 @@ export const OaiProxyOptionsSchema = Type.Object({
   upstreamHeadersTimeoutMs: Type.Optional(Millis),
   /** Longest silence between two body chunks from upstream. Default 5 min. */
   upstreamIdleTimeoutMs: Type.Optional(Millis),
+  /** Cut a response the client has taken nothing of for this long while data waits (ms; 0 = never). Default 60 s. */
+  streamStallTimeoutMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 24 * 3600 * 1000 })),
+  /** Longest a proxied call may last, from forwarding to its last byte (ms; 0 = no cap). Default 1 h. */
+  streamMaxDurationMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 7 * 24 * 3600 * 1000 })),
   /** Endpoint ids to expose (see `schemas/endpoints.ts`). Default: all. */
   endpoints: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
   /** Also serve every endpoint without the `/v1` prefix. Default true. */
@@ -124,6 +128,8 @@ export const EnvSchema = Type.Object({
   UPSTREAM_CONNECT_TIMEOUT_MS: Int(1, 3600 * 1000),
   UPSTREAM_HEADERS_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),
   UPSTREAM_IDLE_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),
+  STREAM_STALL_TIMEOUT_MS: Int(0, 24 * 3600 * 1000),
+  STREAM_MAX_DURATION_MS: Int(0, 7 * 24 * 3600 * 1000),
   SHUTDOWN_GRACE_MS: Int(0, 3600 * 1000),
   ENDPOINTS: Type.Optional(Type.String()),
   REDIS_URL: Type.Optional(Type.String({ minLength: 1 })),

@@ -41,6 +41,8 @@ t.test('every variable maps onto its option', async (t) => {
     UPSTREAM_CONNECT_TIMEOUT_MS: '100',
     UPSTREAM_HEADERS_TIMEOUT_MS: '200',
     UPSTREAM_IDLE_TIMEOUT_MS: '300',
+    STREAM_STALL_TIMEOUT_MS: '0',
+    STREAM_MAX_DURATION_MS: '1800000',
     SHUTDOWN_GRACE_MS: '400',
     ENDPOINTS: 'chat.completions,models.list',
     REDIS_URL: 'redis://127.0.0.1:6390',
@@ -66,6 +68,8 @@ t.test('every variable maps onto its option', async (t) => {
     upstreamConnectTimeoutMs: 100,
     upstreamHeadersTimeoutMs: 200,
     upstreamIdleTimeoutMs: 300,
+    streamStallTimeoutMs: 0,
+    streamMaxDurationMs: 1_800_000,
     endpoints: ['chat.completions', 'models.list'],
     redisUrl: 'redis://127.0.0.1:6390',
     rateLimit: { requestsPerWindow: 30, windowMs: 30_000, tokensPerMinute: 9000, maxConcurrent: 3, failuresPerMinute: 10, defaultOutputTokens: 256, onStoreError: 'closed' }

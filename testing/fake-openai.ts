@@ -20,6 +20,8 @@ export interface RecordedRequest {
   receivedAt: number
   /** Set when the client went away before the answer was complete. */
   abortedAt?: number
+  /** Bytes of a scripted SSE stream handed to the socket so far (the stream waits when the reader is behind). */
+  sseBytes: number
 }
 
 export type Plan =
@@ -98,13 +100,24 @@ function defaultPlan (req: RecordedRequest, opts: FakeOpenAIOptions): Plan {
 // Unref'd: a scripted delay must not keep a test process alive after the fake is closed.
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
 
-async function play (plan: Plan, res: ServerResponse, sockets: Set<Socket>): Promise<void> {
+/** Resolves when `res` can take more, or has closed (so a writer never waits on a dead socket). */
+const drained = (res: ServerResponse) => new Promise<void>((resolve) => {
+  const done = () => {
+    res.off('drain', done)
+    res.off('close', done)
+    resolve()
+  }
+  res.once('drain', done)
+  res.once('close', done)
+})
+
+async function play (plan: Plan, res: ServerResponse, record: RecordedRequest): Promise<void> {
   const headers = { 'x-request-id': 'req_fake', 'openai-processing-ms': '1', ...('headers' in plan ? plan.headers : {}) }
   switch (plan.kind) {
     case 'delay':
       await sleep(plan.ms)
       if (res.destroyed) return
-      return play(plan.then, res, sockets)
+      return play(plan.then, res, record)
     case 'stall':
       return
     case 'reset':
@@ -127,7 +140,10 @@ async function play (plan: Plan, res: ServerResponse, sockets: Set<Socket>): Pro
           res.socket?.destroy()
           return
         }
-        res.write(plan.frames[i])
+        const frame = plan.frames[i] as string
+        record.sseBytes += Buffer.byteLength(frame)
+        // Like a real server: a reader that is behind pauses the stream instead of piling it up here.
+        if (!res.write(frame)) await drained(res)
         if (plan.delayMs !== undefined && plan.delayMs > 0) await sleep(plan.delayMs)
       }
       res.end()
@@ -148,12 +164,12 @@ export async function startFakeOpenAI (opts: FakeOpenAIOptions = {}): Promise<Fa
       let json: unknown
       try { json = body.length > 0 ? JSON.parse(body.toString('utf8')) : undefined } catch { json = undefined }
       // A server-side request always has a method and a URL (Node types them optional for client use).
-      const record: RecordedRequest = { method: req.method as string, url: req.url as string, headers: req.headers, rawHeaders: req.rawHeaders, body, json, receivedAt: Date.now() }
+      const record: RecordedRequest = { method: req.method as string, url: req.url as string, headers: req.headers, rawHeaders: req.rawHeaders, body, json, receivedAt: Date.now(), sseBytes: 0 }
       requests.push(record)
       res.once('close', () => {
         if (!res.writableFinished) record.abortedAt = Date.now()
       })
-      play(script?.(record) ?? defaultPlan(record, opts), res, sockets).catch(() => res.destroy())
+      play(script?.(record) ?? defaultPlan(record, opts), res, record).catch(() => res.destroy())
     })
   }
 
