@@ -15,6 +15,8 @@
 const QUOTE = 0x22
 const BACKSLASH = 0x5c
 const BACKSLASH_U = Buffer.from('\\u')
+const BACKSLASH_B = Buffer.from('\\b')
+const DEL = 0x7f
 
 /** A member of the top-level object: `"key": value`, as byte offsets into the body. */
 export interface TopMember {
@@ -39,6 +41,11 @@ export interface JsonScan {
   blank: boolean
   /** Some string holds a `\u` escape (or an escaped backslash followed by `u`): text may differ from its bytes. */
   escapes: boolean
+  /**
+   * Some string may hold a control character that normalisation removes: a `\b` escape (backspace; the
+   * other short escapes are whitespace) or a raw DEL. Either only makes text take the full normalisation.
+   */
+  controls: boolean
 }
 
 /** The offset just past the string whose opening quote is at `open`; -1 when it never closes. */
@@ -58,7 +65,7 @@ function stringEnd (bytes: Buffer, open: number): number {
 const isSpace = (c: number): boolean => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09
 
 export function scanJson (bytes: Buffer, maxDepth: number): JsonScan {
-  const out: JsonScan = { tooDeep: false, members: 0, top: [], longNumber: false, blank: true, escapes: bytes.indexOf(BACKSLASH_U) !== -1 }
+  const out: JsonScan = { tooDeep: false, members: 0, top: [], longNumber: false, blank: true, escapes: bytes.indexOf(BACKSLASH_U) !== -1, controls: bytes.indexOf(BACKSLASH_B) !== -1 || bytes.indexOf(DEL) !== -1 }
   let depth = 0
   // True while inside the top-level object and the next string there would be a key.
   let rootIsObject = false

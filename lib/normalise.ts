@@ -11,7 +11,10 @@ import { yieldTurn } from './loop-budget.js'
  *      ı/i come from steps 1 and 4).
  *   3. Removal of combining marks (diacritics, variation selectors, the combining grapheme joiner),
  *      default-ignorable code points (zero-width spaces and joiners, word joiner, BOM, soft hyphen,
- *      Hangul fillers, tag characters) and format characters (bidi controls).
+ *      Hangul fillers, tag characters), format characters (bidi controls), control characters other than
+ *      the whitespace ones (NUL, backspace, ESC, DEL, C1 controls but NEL) and unpaired surrogates: the
+ *      model reads `ign<NUL>ore` as `ignore`, so the filter must too. Tab, line breaks, VT, FF and NEL stay:
+ *      they separate words.
  *   4. Homoglyphs: every non-ASCII character that Unicode's confusables table (UTS #39, shipped by the
  *      maintained `unhomoglyph` package) maps to printable ASCII is replaced by that ASCII, so Cyrillic
  *      `іgnоrе` reads `ignore`. ASCII itself is left alone: the full skeleton would also turn `m` into
@@ -49,7 +52,15 @@ for (const [start, end] of [[0x80, 0x1ffff], [0xe0000, 0xeffff]] as const) {
   }
 }
 
+// C1 controls except NEL, and every surrogate code unit: a valid pair is looked up whole (ASTRAL), so only
+// an unpaired one is ever looked up here.
+for (let cp = 0x80; cp <= 0x9f; cp++) if (cp !== 0x85) replace(cp, '')
+for (let cp = 0xd800; cp <= 0xdfff; cp++) replace(cp, '')
+
 const NON_ASCII = /\P{ASCII}/u
+/** C0 controls that are not whitespace, and DEL: matching them is the point. */
+// eslint-disable-next-line no-control-regex
+const CONTROLS = /[\x00-\x08\x0e-\x1f\x7f]/g
 const JSON_ESCAPE_RE = /\\u([0-9a-fA-F]{4})/g
 
 function mapCharacters (text: string): string {
@@ -60,7 +71,8 @@ function mapCharacters (text: string): string {
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i)
     if (c < 0x80) continue
-    const astral = c >= 0xd800 && c < 0xdc00 && i + 1 < text.length
+    const next = text.charCodeAt(i + 1)
+    const astral = c >= 0xd800 && c < 0xdc00 && next >= 0xdc00 && next < 0xe000
     const to = astral ? ASTRAL.get(text.codePointAt(i) as number) : BMP[c]
     if (to !== undefined) {
       if (i > last) out.push(text.slice(last, i))
@@ -78,7 +90,8 @@ function mapCharacters (text: string): string {
 export function normalise (text: string): string {
   // `\u0069gnore` inside a string that is itself JSON (tool-call arguments, tool outputs) or typed by hand
   // reads as `ignore` to the model: decode such escapes first.
-  const decoded = text.includes('\\u') ? text.replace(JSON_ESCAPE_RE, (_, hex: string) => String.fromCharCode(parseInt(hex, 16))) : text
+  const unescaped = text.includes('\\u') ? text.replace(JSON_ESCAPE_RE, (_, hex: string) => String.fromCharCode(parseInt(hex, 16))) : text
+  const decoded = unescaped.replace(CONTROLS, '')
   // Plain ASCII (most prompts) only needs lower-casing.
   if (!NON_ASCII.test(decoded)) return decoded.toLowerCase()
   return mapCharacters(decoded.normalize('NFKD').toLowerCase())

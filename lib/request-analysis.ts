@@ -250,8 +250,8 @@ export function analysisOf (request: FastifyRequest): RequestAnalysis | null {
     throw proxyError('AMBIGUOUS_BODY')
   }
   // ASCII bytes without a `\u` escape (nor an escaped backslash followed by `u`) decode to ASCII strings
-  // that hold no `\u` text either.
-  analysis.asciiText = raw !== null && raw !== undefined && !raw.scan.escapes && isAscii(raw.bytes)
+  // that hold no `\u` text either; without a `\b` or DEL, none holds a control that normalising removes.
+  analysis.asciiText = raw !== null && raw !== undefined && !raw.scan.escapes && !raw.scan.controls && isAscii(raw.bytes)
   request.oaiProxyAnalysis = analysis
   return analysis
 }
