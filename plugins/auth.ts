@@ -74,7 +74,9 @@ export function presentedKey (request: FastifyRequest): string | undefined {
   }
   for (const name of ['x-api-key', 'api-key']) {
     const v = request.headers[name]
-    if (typeof v === 'string' && v.length > 0) return v.trim()
+    // The Bearer rule: printable ASCII, only spaces and tabs around it (String#trim would also strip
+    // U+00A0 and other Unicode spaces, accepting a key the Authorization header refuses).
+    if (typeof v === 'string' && v.length > 0) return /^[ \t]*([\x21-\x7e]+)[ \t]*$/.exec(v)?.[1] ?? ''
   }
   return undefined
 }

@@ -21,6 +21,16 @@ proxyTest(t, 'the proxy key is accepted as Bearer, x-api-key or api-key', {}, as
   }
 })
 
+proxyTest(t, 'x-api-key and api-key follow the Bearer rule: spaces and tabs around the key, nothing else', {}, async (h, t) => {
+  t.equal((await post(h, { 'x-api-key': `\t ${h.proxyKey} \t` })).statusCode, 200, 'tabs and spaces')
+  for (const [name, value] of [['x-api-key', `\u00a0${h.proxyKey}\u00a0`], ['api-key', `${h.proxyKey}\u00a0`], ['x-api-key', `${h.proxyKey} x`]]) {
+    const res = await post(h, { [name as string]: value as string })
+    t.equal(res.statusCode, 401, `${name as string}: ${JSON.stringify(value).replace(h.proxyKey, 'KEY')}`)
+    t.equal((res.json() as { error: { code: string } }).error.code, 'invalid_api_key')
+  }
+  t.equal(h.upstream.requests.length, 1, 'only the well-formed key went through')
+})
+
 proxyTest(t, 'a missing key is 401 in OpenAI shape; query strings and cookies never count', {}, async (h, t) => {
   for (const [label, headers, url] of [
     ['nothing', {}, undefined],
