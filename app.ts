@@ -21,6 +21,7 @@ import { endpoints as allEndpoints } from './schemas/endpoints.js'
 import { normaliseUpstreamUrl } from './lib/upstream-url.js'
 import { watchClose } from './lib/response-close.js'
 import { firstError } from './lib/validator.js'
+import { outputRules } from './lib/output-guard.js'
 
 export const VERSION = '0.1.0'
 
@@ -122,7 +123,8 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
       unprefixedRoutes: unprefixed,
       bodyLimit: opts.bodyLimit,
       userAgent: `oai-reverse-proxy/${VERSION}`,
-      streamLimits: { stallMs: opts.streamStallTimeoutMs, maxMs: opts.streamMaxDurationMs }
+      streamLimits: { stallMs: opts.streamStallTimeoutMs, maxMs: opts.streamMaxDurationMs },
+      output: outputRules(opts.outputFilter)
     })
   })
 }

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs'
 import type { Env, OaiProxyOptions } from '../schemas/config.js'
-import type { PromptFilterConfig } from '../schemas/prompt-filter.js'
+import type { OutputFilterConfig, PromptFilterConfig } from '../schemas/prompt-filter.js'
 import { STORED_STATE, type RequestPolicyConfig, type StoredStateFeature } from '../schemas/request-policy.js'
 import { compileRules, RuleError, scriptMatcher } from './filter-rules.js'
 
@@ -23,17 +23,17 @@ interface Rules { phrases: string[], patterns: string[], lineOf: { phrases: numb
  * patterns (`i` is implied, `s` and `m` are honoured), everything else is a phrase. A single line that is a
  * path (`/…`, `./…`, `../…`, not a `/regex/`) names a file holding the lines.
  */
-export function parseRejectPhrases (value: string): Rules {
+export function parseRejectPhrases (value: string, variable = 'REJECT_PHRASES'): Rules {
   let text = value
-  let where = 'REJECT_PHRASES'
+  let where = variable
   const single = value.trim()
   if (!single.includes('\n') && /^\.{0,2}\//.test(single) && !REGEX_LINE.test(single)) {
     try {
       text = readFileSync(single, 'utf8')
     } catch {
-      throw new Error('REJECT_PHRASES: looks like a file path, but the file cannot be read')
+      throw new Error(`${variable}: looks like a file path, but the file cannot be read`)
     }
-    where = 'REJECT_PHRASES file'
+    where = `${variable} file`
   }
   const rules: Rules = { phrases: [], patterns: [], lineOf: { phrases: [], patterns: [] } }
   text.split(/\r?\n/).forEach((raw, i) => {
@@ -117,12 +117,28 @@ function policyOf (env: Env): RequestPolicyConfig | undefined {
   return Object.keys(policy).length === 0 ? undefined : policy
 }
 
+/** OUTPUT_REJECT_PHRASES (the REJECT_PHRASES syntax) and OUTPUT_FILTER_WINDOW_CHARS. */
+function outputFilterOf (env: Env): OutputFilterConfig | undefined {
+  if (env.OUTPUT_REJECT_PHRASES === undefined) {
+    if (env.OUTPUT_FILTER_WINDOW_CHARS !== undefined) throw new Error('OUTPUT_FILTER_WINDOW_CHARS is set but OUTPUT_REJECT_PHRASES is not: set the rules or remove the setting')
+    return undefined
+  }
+  const rules = parseRejectPhrases(env.OUTPUT_REJECT_PHRASES, 'OUTPUT_REJECT_PHRASES')
+  return {
+    ...(rules.phrases.length === 0 ? {} : { phrases: rules.phrases }),
+    ...(rules.patterns.length === 0 ? {} : { patterns: rules.patterns }),
+    ...(env.OUTPUT_FILTER_WINDOW_CHARS === undefined ? {} : { windowChars: env.OUTPUT_FILTER_WINDOW_CHARS })
+  }
+}
+
 /** The filter and policy options the environment asks for; only keys that were set. Throws naming the variable. */
-export function filterAndPolicyFromEnv (env: Env): Pick<OaiProxyOptions, 'filter' | 'policy' | 'logPrompts'> {
+export function filterAndPolicyFromEnv (env: Env): Pick<OaiProxyOptions, 'filter' | 'outputFilter' | 'policy' | 'logPrompts'> {
   const filter = filterOf(env)
+  const outputFilter = outputFilterOf(env)
   const policy = policyOf(env)
   return {
     ...(filter === undefined ? {} : { filter }),
+    ...(outputFilter === undefined ? {} : { outputFilter }),
     ...(policy === undefined ? {} : { policy }),
     ...(env.LOG_PROMPTS === true ? { logPrompts: true } : {})
   }

@@ -87,11 +87,32 @@ export function redactBytes (data: Buffer, secrets: readonly string[]): Buffer {
 /**
  * Sees a body's chunks before redaction, in the same stream stage (one Transform per response, not two):
  * `feed` returns what may be passed on (the chunk itself, or text it released, possibly none); `finish`
- * what it still held at the end.
+ * what it still held at the end. A filter that sets `ended` has ended the body: what `feed` returned last
+ * is its end, and nothing after it is passed on.
  */
 export interface ChunkFilter {
   feed: (chunk: Buffer) => Buffer | string
   finish: () => string
+  readonly ended?: boolean
+}
+
+const asBuffer = (out: Buffer | string): Buffer => typeof out === 'string' ? Buffer.from(out) : out
+
+/** Two filters in a row: `second` sees what `first` passes on; the body ends when `first` ends it. */
+export function filtersInRow (first: ChunkFilter, second: ChunkFilter): ChunkFilter {
+  return {
+    feed: (chunk) => {
+      const out = first.feed(chunk)
+      return out.length === 0 ? out : second.feed(asBuffer(out))
+    },
+    finish: () => {
+      const rest = first.finish()
+      return (rest.length === 0 ? '' : asBuffer(second.feed(Buffer.from(rest))).toString()) + second.finish()
+    },
+    get ended () {
+      return first.ended === true
+    }
+  }
 }
 
 /**
@@ -101,10 +122,11 @@ export interface ChunkFilter {
 export class SecretRedactor extends Transform {
   readonly #secrets: SecretBytes[]
   #carry: Buffer = EMPTY
+  #ended = false
 
   readonly #before: ChunkFilter | undefined
 
-  /** `before`: a filter that sees each chunk first (the usage reader that drops a usage-only SSE frame). */
+  /** `before`: a filter that sees each chunk first (the usage reader, the output guard). */
   constructor (secrets: readonly string[], before?: ChunkFilter) {
     super()
     this.#secrets = secretBuffers(secrets)
@@ -112,12 +134,20 @@ export class SecretRedactor extends Transform {
   }
 
   override _transform (chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    // The filter ended the body: the rest of upstream's is dropped until the caller stops it.
+    if (this.#ended) return done()
     const out = this.#before === undefined ? chunk : this.#before.feed(chunk)
-    if (out.length > 0) this.#pass(typeof out === 'string' ? Buffer.from(out) : out)
+    if (out.length > 0) this.#pass(asBuffer(out))
+    if (this.#before?.ended === true) {
+      this.#ended = true
+      if (this.#carry.length > 0) this.push(scrub(this.#carry, this.#secrets))
+      this.push(null)
+    }
     done()
   }
 
   override _flush (done: TransformCallback): void {
+    if (this.#ended) return done()
     const rest = this.#before?.finish() ?? ''
     if (rest.length > 0) this.#pass(Buffer.from(rest))
     if (this.#carry.length > 0) this.push(scrub(this.#carry, this.#secrets))

@@ -16,8 +16,11 @@ export function chain (source: Readable, stages: readonly [Duplex, ...Duplex[]],
   const fail = (err: Error) => {
     if (failed) return
     failed = true
-    onError(err)
-    for (const s of all) if (!s.destroyed) s.destroy(s === last ? err : undefined)
+    // Once the last stage has ended its output (a filter ended the body early and the source was then
+    // stopped), the source's abort error is teardown, not a failure of the response.
+    const done = last.readableEnded
+    if (!done) onError(err)
+    for (const s of all) if (!s.destroyed) s.destroy(s === last && !done ? err : undefined)
   }
   for (const s of all) s.on('error', fail)
   last.once('close', () => {

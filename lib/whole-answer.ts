@@ -13,9 +13,9 @@ import type { Readable } from 'node:stream'
 export const WHOLE_ANSWER_LIMIT = 256 * 1024
 
 /** Whether to try reading an answer whole: JSON, and no declared length past the limit. */
-export function mayReadWhole (contentType: string | undefined, contentLength: string | undefined): boolean {
+export function mayReadWhole (contentType: string | undefined, contentLength: string | undefined, limit = WHOLE_ANSWER_LIMIT): boolean {
   if (contentType?.startsWith('application/json') !== true) return false
-  return contentLength === undefined || !(Number(contentLength) > WHOLE_ANSWER_LIMIT)
+  return contentLength === undefined || !(Number(contentLength) > limit)
 }
 
 const ignore = (): void => {}

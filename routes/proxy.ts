@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js'
-import { SecretRedactor, redactBytes } from '../lib/redact.js'
+import { SecretRedactor, filtersInRow, redactBytes, type ChunkFilter } from '../lib/redact.js'
 import { sendRewritten } from '../lib/response-rewrite.js'
 import { UsageReader, lastTotalTokens, watchUsage } from '../lib/usage-tap.js'
 import { mayReadWhole, readSmall } from '../lib/whole-answer.js'
@@ -16,6 +16,7 @@ import { analysisOf, decorateAnalysis, planFor, type RequestAnalysis } from '../
 import { upstreamBody } from '../lib/request-body.js'
 import { request as upstreamRequest } from '../lib/undici-core.js'
 import { StreamGuard, type StreamLimits } from '../lib/stream-guard.js'
+import { OUTPUT_WHOLE_LIMIT, OutputGuard, checkWholeAnswer, type OutputRules } from '../lib/output-guard.js'
 
 export interface ProxyRoutesOptions {
   /** The endpoint-table rows to serve (see `schemas/endpoints.ts`). */
@@ -28,6 +29,8 @@ export interface ProxyRoutesOptions {
   userAgent: string
   /** When a response is cut: a client that stopped reading, a call that lasts too long (lib/stream-guard.ts). */
   streamLimits: StreamLimits
+  /** The output guardrail's rules (lib/output-guard.ts); null: generated text is not checked. */
+  output: OutputRules | null
 }
 
 declare module 'fastify' {
@@ -141,25 +144,49 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
         guardAnswer()
         if (typeof rewrite === 'function') return sendRewritten(reply, res, rewrite, keys.secrets)
         const contentType = firstHeader(res.headers['content-type'])
-        if (mayReadWhole(contentType, firstHeader(res.headers['content-length']))) {
+        // Generated text the output guardrail checks: whole answers are read whole (up to a bound), streams
+        // go through its stage; any other answer on such an endpoint could not be checked, so it is refused.
+        const shape = opts.output === null ? undefined : endpoint.replyShape
+        const wholeLimit = shape === undefined ? undefined : OUTPUT_WHOLE_LIMIT
+        if (mayReadWhole(contentType, firstHeader(res.headers['content-length']), wholeLimit)) {
           let whole: Buffer | null
           try {
-            whole = await readSmall(res.body)
+            whole = await readSmall(res.body, wholeLimit)
           } catch (err) {
             request.log.warn({ code: errorCode(err), aborted: abort.aborted }, 'oai-proxy: upstream body ended abnormally')
             throw upstreamFailure(err)
           }
           if (whole !== null) {
             if (request.oaiProxyUsage) request.oaiProxyUsage.totalTokens = lastTotalTokens(whole)
-            return reply.code(status).headers(clientResponseHeaders(res.headers)).send(redactBytes(whole, keys.secrets))
+            const filtered = shape === undefined ? null : await checkWholeAnswer(shape, whole, opts.output as OutputRules)
+            if (filtered !== null) request.log.info({ rule: filtered.rule.id, endpoint: endpoint.id }, 'oai-proxy: output filtered')
+            return reply.code(status).headers(clientResponseHeaders(res.headers)).send(redactBytes(filtered?.body ?? whole, keys.secrets))
           }
         }
-        const out = new SecretRedactor(keys.secrets, usageReader(request, res.body, contentType))
+        let before: ChunkFilter | undefined = usageReader(request, res.body, contentType)
+        if (shape !== undefined) {
+          if (contentType?.startsWith('text/event-stream') !== true) {
+            request.log.warn({ contentType, endpoint: endpoint.id }, 'oai-proxy: an answer the output filter cannot check was refused')
+            res.body.destroy()
+            throw proxyError('UPSTREAM_BAD_RESPONSE')
+          }
+          const guard = new OutputGuard(shape, opts.output as OutputRules, (rule) => {
+            request.log.info({ rule: rule.id, endpoint: endpoint.id }, 'oai-proxy: output filtered')
+          })
+          before = before === undefined ? guard : filtersInRow(guard, before)
+        }
+        const out = new SecretRedactor(keys.secrets, before)
         // An upstream that dies mid-stream cuts the client's response off (never ended cleanly); a client
         // that leaves destroys the chain, which aborts the upstream body.
         const body = chain(res.body, [out], (err) => {
           request.log.warn({ code: errorCode(err) }, 'oai-proxy: upstream stream ended abnormally')
         })
+        // The guard ended the stream early: stop upstream (it would go on generating, and billing).
+        if (shape !== undefined) {
+          body.once('end', () => {
+            if (!res.body.readableEnded) res.body.destroy()
+          })
+        }
         return reply.code(status).headers(clientResponseHeaders(res.headers)).send(body)
       }
       if (status < 400) {

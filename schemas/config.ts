@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import type { Redis } from 'ioredis'
-import { PromptFilterOptionsSchema } from './prompt-filter.js'
+import { OutputFilterOptionsSchema, PromptFilterOptionsSchema } from './prompt-filter.js'
 import { RequestPolicyOptionsSchema } from './request-policy.js'
 import type { ResolveClient } from '../plugins/auth.js'
 
@@ -77,6 +77,8 @@ export const OaiProxyOptionsSchema = Type.Object({
   redis: Type.Optional(Type.Unsafe<Redis>(Type.Any())),
   /** Prompt filter: phrase, regex and script rules, non-text inputs, the moderation check, how refusals look (`schemas/prompt-filter.ts`). Absent: off. */
   filter: Type.Optional(PromptFilterOptionsSchema),
+  /** Output guardrail: phrase and regex rules applied to generated text, streamed or whole (`schemas/prompt-filter.ts`). Absent: off. */
+  outputFilter: Type.Optional(OutputFilterOptionsSchema),
   /** Request policy: model allowlist, output-token and `n` caps, `store` forced off, stored-data and hosted-tool refusals (`schemas/request-policy.ts`). Applies with its defaults when absent. */
   policy: Type.Optional(RequestPolicyOptionsSchema),
   /** Log an excerpt of refused prompts. Default false: refusals are logged with rule and parameter only. */
@@ -144,6 +146,8 @@ export const EnvSchema = Type.Object({
   NODE_TLS_REJECT_UNAUTHORIZED: Type.Optional(Type.String()),
   // Prompt filter and request policy (docs/prompt-filter.md); parsed in lib/filter-env.ts.
   REJECT_PHRASES: Type.Optional(Type.String()),
+  OUTPUT_REJECT_PHRASES: Type.Optional(Type.String()),
+  OUTPUT_FILTER_WINDOW_CHARS: Int(16, 65_536),
   REJECT_DISALLOWED: Type.Optional(Type.String()),
   REJECT_SCRIPT_MIN_CHARS: Int(1, 1_000_000),
   REJECT_SAMPLE_RATE: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),

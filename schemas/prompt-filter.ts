@@ -45,3 +45,15 @@ export const PromptFilterOptionsSchema = Type.Object({
 
 export type PromptFilterConfig = Static<typeof PromptFilterOptionsSchema>
 export type ModerationConfig = Static<typeof ModerationOptionsSchema>
+
+/** The output guardrail (`outputFilter`; OUTPUT_REJECT_PHRASES in the environment): rules applied to generated text. */
+export const OutputFilterOptionsSchema = Type.Object({
+  /** Phrases to stop in generated text, matched as the prompt filter's are (whole words, normalised text). */
+  phrases: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 1000 }), { maxItems: 10_000 })),
+  /** RE2 regular expressions to stop in generated text, case-insensitive, on the normalised text. */
+  patterns: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 4000 }), { maxItems: 10_000 })),
+  /** Characters of earlier text of the same output a streamed match may span (across frames). Default 1024. */
+  windowChars: Type.Optional(Type.Integer({ minimum: 16, maximum: 65_536 }))
+}, { additionalProperties: false })
+
+export type OutputFilterConfig = Static<typeof OutputFilterOptionsSchema>

@@ -86,6 +86,13 @@ t.test('REJECT_PHRASES can name a file', async (t) => {
   t.strictSame(parseRejectPhrases('/just a regex/').patterns, ['just a regex'], 'a /regex/ line is not a path')
 })
 
+t.test('OUTPUT_REJECT_PHRASES and OUTPUT_FILTER_WINDOW_CHARS map onto outputFilter', async (t) => {
+  t.equal(readConfig({ OPENAI_KEY: key }).proxy.outputFilter, undefined)
+  t.strictSame(readConfig({ OPENAI_KEY: key, OUTPUT_REJECT_PHRASES: 'purple elephant\n/launch\\s+codes/' }).proxy.outputFilter, { phrases: ['purple elephant'], patterns: ['launch\\s+codes'] })
+  t.strictSame(readConfig({ OPENAI_KEY: key, OUTPUT_REJECT_PHRASES: '/only/', OUTPUT_FILTER_WINDOW_CHARS: '4096' }).proxy.outputFilter, { patterns: ['only'], windowChars: 4096 })
+  t.strictSame(readConfig({ OPENAI_KEY: key, OUTPUT_REJECT_PHRASES: 'only a phrase' }).proxy.outputFilter, { phrases: ['only a phrase'] })
+})
+
 t.test('bad values stop start-up naming the variable and the line', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'oai-proxy-phrases-'))
   const file = join(dir, 'bad.txt')
@@ -105,7 +112,11 @@ t.test('bad values stop start-up naming the variable and the line', async (t) =>
     [{ MAX_OUTPUT_TOKENS: '0' }, /MAX_OUTPUT_TOKENS/],
     [{ MAX_N: 'many' }, /MAX_N/],
     [{ ALLOW_STORED_STATE: 'store,everything' }, /^ALLOW_STORED_STATE: unknown feature everything/],
-    [{ ALLOWED_MODELS: 'gpt-4o,bad\u0000name' }, /^ALLOWED_MODELS/]
+    [{ ALLOWED_MODELS: 'gpt-4o,bad\u0000name' }, /^ALLOWED_MODELS/],
+    [{ OUTPUT_REJECT_PHRASES: 'fine\n/(a)\\1/' }, /^OUTPUT_REJECT_PHRASES line 2: is not a pattern/],
+    [{ OUTPUT_REJECT_PHRASES: '/no/such/file.txt' }, /^OUTPUT_REJECT_PHRASES: looks like a file path/],
+    [{ OUTPUT_FILTER_WINDOW_CHARS: '64' }, /^OUTPUT_FILTER_WINDOW_CHARS is set but OUTPUT_REJECT_PHRASES is not/],
+    [{ OUTPUT_REJECT_PHRASES: 'x y z', OUTPUT_FILTER_WINDOW_CHARS: '8' }, /OUTPUT_FILTER_WINDOW_CHARS/]
   ]
   for (const [env, message] of cases) {
     const err = t.throws(() => readConfig({ OPENAI_KEY: key, ...env })) as Error

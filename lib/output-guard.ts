@@ -1,0 +1,218 @@
+import { StringDecoder } from 'node:string_decoder'
+import { normalise, normaliseLong } from './normalise.js'
+import { RuleError, RuleSet, type RuleMatch } from './filter-rules.js'
+import type { ChunkFilter } from './redact.js'
+import { yieldTurn } from './loop-budget.js'
+import type { ReplyShape } from './refusal-reply.js'
+
+/*
+ * The output guardrail (threat F08): the operator's rules applied to generated text.
+ * - Streams: each SSE frame's text delta is checked together with the last `windowChars` of the same output
+ *   (a choice's content, a tool call's arguments, a Responses part), so a phrase cut across frames is
+ *   caught, with bounded memory and no frame held back. The frame that completes a match is never sent:
+ *   in its place the stream ends the way OpenAI ends a filtered one (`finish_reason: "content_filter"` for
+ *   chat and completions, then `[DONE]`; `response.incomplete` with reason `content_filter` for Responses),
+ *   and the upstream call is aborted. The text before it in earlier frames has gone out: at most the first
+ *   part of the matched words.
+ * - Whole answers: every output text is checked whole; a match replaces that choice's output (chat,
+ *   completions) or the whole output (Responses) with OpenAI's filtered form.
+ * The text is normalised as prompts are (lib/normalise.ts), so disguises are caught the same way.
+ */
+
+/** The largest non-streamed answer the guard reads whole; a larger one is refused (it cannot be checked). */
+export const OUTPUT_WHOLE_LIMIT = 16 * 1024 * 1024
+
+export interface OutputRules {
+  rules: RuleSet
+  /** Characters of earlier text of the same output that a match may span. */
+  windowChars: number
+}
+
+export interface OutputFilterOptions {
+  phrases?: readonly string[] | undefined
+  patterns?: readonly string[] | undefined
+  windowChars?: number | undefined
+}
+
+/** Compile the rules once at start-up; throws naming the option entry that cannot be used. */
+export function outputRules (opts: OutputFilterOptions | undefined): OutputRules | null {
+  if (opts === undefined || ((opts.phrases?.length ?? 0) + (opts.patterns?.length ?? 0)) === 0) return null
+  let rules: RuleSet
+  try {
+    rules = new RuleSet(opts.phrases, opts.patterns)
+  } catch (err) {
+    const e = err as RuleError
+    throw new Error(`oai-proxy: invalid option /outputFilter/${e.option}/${e.index}: ${e.message}`)
+  }
+  rules.warm()
+  return { rules, windowChars: opts.windowChars ?? 1024 }
+}
+
+const FRAME = /[\s\S]*?(?:\r\n\r\n|\n\n|\r\r)/g
+type Json = Record<string, unknown>
+const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v)
+const list = (v: unknown): Json[] => Array.isArray(v) ? v.filter(isObject) : []
+const str = (v: unknown): string | null => typeof v === 'string' && v.length > 0 ? v : null
+
+/** The text deltas of one stream frame, each with the output it belongs to. */
+function deltas (shape: ReplyShape, obj: Json): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  const add = (key: string, text: unknown): void => {
+    const s = str(text)
+    if (s !== null) out.push([key, s])
+  }
+  if (shape === 'response') {
+    if (typeof obj.type === 'string' && obj.type.endsWith('.delta')) add(`${obj.type}:${String(obj.item_id)}:${String(obj.content_index ?? 0)}`, obj.delta)
+    return out
+  }
+  for (const c of list(obj.choices)) {
+    const i = String(c.index ?? 0)
+    if (shape === 'text_completion') {
+      add(`x${i}`, c.text)
+      continue
+    }
+    const d = isObject(c.delta) ? c.delta : {}
+    add(`c${i}`, d.content)
+    add(`r${i}`, d.refusal)
+    if (isObject(d.function_call)) add(`f${i}`, d.function_call.arguments)
+    for (const tc of list(d.tool_calls)) if (isObject(tc.function)) add(`t${i}.${String(tc.index ?? 0)}`, tc.function.arguments)
+  }
+  return out
+}
+
+const sse = (data: unknown): string => `data: ${JSON.stringify(data)}\n\n`
+
+/** A stream stage (the redactor's `before` filter, lib/redact.ts) that ends the stream at the first match. */
+export class OutputGuard implements ChunkFilter {
+  readonly #shape: ReplyShape
+  readonly #rules: OutputRules
+  readonly #onMatch: (rule: RuleMatch) => void
+  readonly #decoder = new StringDecoder('utf8')
+  readonly #tails = new Map<string, string>()
+  readonly #choices = new Set<number>()
+  #pending = ''
+  /** Responses: the response object as last announced, and the last sequence number. */
+  #response: Json = {}
+  #sequence = 0
+  ended = false
+
+  constructor (shape: ReplyShape, rules: OutputRules, onMatch: (rule: RuleMatch) => void) {
+    this.#shape = shape
+    this.#rules = rules
+    this.#onMatch = onMatch
+  }
+
+  // Never fed once ended: the redactor's stage drops the rest (lib/redact.ts).
+  feed (chunk: Buffer): string {
+    this.#pending += this.#decoder.write(chunk)
+    let out = ''
+    FRAME.lastIndex = 0
+    let consumed = 0
+    for (let m = FRAME.exec(this.#pending); m !== null; m = FRAME.exec(this.#pending)) {
+      consumed = FRAME.lastIndex
+      out += this.#frame(m[0])
+      if (this.ended) return out
+    }
+    this.#pending = this.#pending.slice(consumed)
+    return out
+  }
+
+  finish (): string {
+    const rest = this.#pending + this.#decoder.end()
+    return rest.length > 0 ? this.#frame(rest) : ''
+  }
+
+  #frame (frame: string): string {
+    const data = frame.split(/\r\n|\n|\r/).filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n')
+    let obj: unknown
+    try {
+      obj = JSON.parse(data)
+    } catch {
+      return frame
+    }
+    if (!isObject(obj)) return frame
+    for (const c of list(obj.choices)) if (typeof c.index === 'number') this.#choices.add(c.index)
+    for (const [key, text] of deltas(this.#shape, obj)) {
+      const hit = this.#check(key, text)
+      if (hit !== null) {
+        this.ended = true
+        this.#onMatch(hit)
+        return this.#end(obj)
+      }
+    }
+    // Only frames that go out count: the end follows the last one the client saw.
+    if (isObject(obj.response)) this.#response = obj.response
+    if (typeof obj.sequence_number === 'number') this.#sequence = obj.sequence_number
+    return frame
+  }
+
+  #check (key: string, delta: string): RuleMatch | null {
+    const text = (this.#tails.get(key) ?? '') + delta
+    const max = this.#rules.windowChars
+    this.#tails.set(key, text.length > max ? text.slice(-max) : text)
+    return this.#rules.rules.first(normalise(text))
+  }
+
+  /** The frames that end a filtered stream, shaped after the frame that matched. */
+  #end (obj: Json): string {
+    if (this.#shape === 'response') {
+      const response = { ...this.#response, status: 'incomplete', incomplete_details: { reason: 'content_filter' }, output: [] }
+      return `event: response.incomplete\n${sse({ type: 'response.incomplete', sequence_number: this.#sequence + 1, response })}`
+    }
+    const indexes = this.#choices.size === 0 ? [0] : [...this.#choices].sort((a, b) => a - b)
+    const choices = indexes.map((index) => this.#shape === 'text_completion'
+      ? { index, text: '', logprobs: null, finish_reason: 'content_filter' }
+      : { index, delta: {}, logprobs: null, finish_reason: 'content_filter' })
+    return sse({ id: obj.id, object: obj.object, created: obj.created, model: obj.model, choices }) + 'data: [DONE]\n\n'
+  }
+}
+
+/** The first rule any of `texts` matches, each checked whole (normalised in slices, yielding between). */
+async function firstHit (rules: RuleSet, texts: Array<unknown>): Promise<RuleMatch | null> {
+  for (const t of texts) {
+    const s = str(t)
+    if (s === null) continue
+    await yieldTurn(s.length)
+    const hit = rules.first(await normaliseLong(s))
+    if (hit !== null) return hit
+  }
+  return null
+}
+
+/**
+ * Check a whole JSON answer. Returns the answer to send instead (the filtered form) and the rule, or null
+ * when nothing matched (then the original bytes go out untouched) or the body is not an answer.
+ */
+export async function checkWholeAnswer (shape: ReplyShape, bytes: Buffer, rules: OutputRules): Promise<{ body: Buffer, rule: RuleMatch } | null> {
+  let obj: unknown
+  try {
+    obj = JSON.parse(bytes.toString('utf8'))
+  } catch {
+    return null
+  }
+  if (!isObject(obj)) return null
+  let first: RuleMatch | null = null
+  if (shape === 'response') {
+    const texts = list(obj.output).flatMap((item) => [
+      item.arguments, item.input,
+      ...list(item.content).flatMap((part) => [part.text, part.refusal])
+    ])
+    first = await firstHit(rules.rules, texts)
+    if (first === null) return null
+    Object.assign(obj, { status: 'incomplete', incomplete_details: { reason: 'content_filter' }, output: [] })
+  } else {
+    for (const c of list(obj.choices)) {
+      const m = isObject(c.message) ? c.message : {}
+      const texts = shape === 'text_completion'
+        ? [c.text]
+        : [m.content, m.refusal, isObject(m.function_call) ? m.function_call.arguments : null, ...list(m.tool_calls).map((tc) => isObject(tc.function) ? tc.function.arguments : null)]
+      const hit = await firstHit(rules.rules, texts)
+      if (hit === null) continue
+      first ??= hit
+      if (shape === 'text_completion') Object.assign(c, { text: '', finish_reason: 'content_filter' })
+      else Object.assign(c, { message: { role: 'assistant', content: null, refusal: null }, finish_reason: 'content_filter' })
+    }
+    if (first === null) return null
+  }
+  return { body: Buffer.from(JSON.stringify(obj)), rule: first }
+}
