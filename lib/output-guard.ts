@@ -80,6 +80,13 @@ function deltas (shape: ReplyShape, obj: Json): Array<[string, string]> {
   return out
 }
 
+/** A frame's data: one `data: ` line (OpenAI's frames, read without splitting), else every data line joined. */
+function dataOf (frame: string): string {
+  const end = frame.length - 2
+  if (frame.startsWith('data: ') && frame.indexOf('\n') === end) return frame.slice(6, end)
+  return frame.split(/\r\n|\n|\r/).filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n')
+}
+
 const sse = (data: unknown): string => `data: ${JSON.stringify(data)}\n\n`
 
 /** A stream stage (the redactor's `before` filter, lib/redact.ts) that ends the stream at the first match. */
@@ -123,10 +130,9 @@ export class OutputGuard implements ChunkFilter {
   }
 
   #frame (frame: string): string {
-    const data = frame.split(/\r\n|\n|\r/).filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n')
     let obj: unknown
     try {
-      obj = JSON.parse(data)
+      obj = JSON.parse(dataOf(frame))
     } catch {
       return frame
     }
@@ -146,11 +152,15 @@ export class OutputGuard implements ChunkFilter {
     return frame
   }
 
+  /**
+   * The window is kept normalised: only the new delta is normalised (per character, so the pieces join to
+   * the normal form of the whole), and the match runs over the window once per delta.
+   */
   #check (key: string, delta: string): RuleMatch | null {
-    const text = (this.#tails.get(key) ?? '') + delta
+    const text = (this.#tails.get(key) ?? '') + normalise(delta)
     const max = this.#rules.windowChars
     this.#tails.set(key, text.length > max ? text.slice(-max) : text)
-    return this.#rules.rules.first(normalise(text))
+    return this.#rules.rules.first(text)
   }
 
   /** The frames that end a filtered stream, shaped after the frame that matched. */
