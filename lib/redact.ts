@@ -140,18 +140,25 @@ export class SecretRedactor extends Transform {
     if (out.length > 0) this.#pass(asBuffer(out))
     if (this.#before?.ended === true) {
       this.#ended = true
-      if (this.#carry.length > 0) this.push(scrub(this.#carry, this.#secrets))
+      this.#release()
       this.push(null)
     }
     done()
   }
 
   override _flush (done: TransformCallback): void {
-    if (this.#ended) return done()
-    const rest = this.#before?.finish() ?? ''
-    if (rest.length > 0) this.#pass(Buffer.from(rest))
-    if (this.#carry.length > 0) this.push(scrub(this.#carry, this.#secrets))
+    if (!this.#ended) {
+      const rest = this.#before?.finish() ?? ''
+      if (rest.length > 0) this.#pass(Buffer.from(rest))
+      this.#release()
+    }
     done()
+  }
+
+  /** The body is over: what was held back cannot become a secret any more. */
+  #release (): void {
+    if (this.#carry.length > 0) this.push(scrub(this.#carry, this.#secrets))
+    this.#carry = EMPTY
   }
 
   #pass (chunk: Buffer): void {

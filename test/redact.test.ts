@@ -1,7 +1,8 @@
 import { Readable } from 'node:stream'
 import { text } from 'node:stream/consumers'
 import t from 'tap'
-import { REDACTED, SecretRedactor, redactText, secretForms } from '../lib/redact.js'
+import { REDACTED, SecretRedactor, filtersInRow, redactText, secretForms } from '../lib/redact.js'
+import { OutputGuard, outputRules, type OutputRules } from '../lib/output-guard.js'
 import { UsageReader } from '../lib/usage-tap.js'
 import { canaryKey } from './helper.js'
 
@@ -77,4 +78,36 @@ t.test('with the usage reader before it (one stage): secrets cut across any spli
     t.equal(out, `data: {"choices":[{"delta":{"content":"echo ${REDACTED} done"}}]}\n\ndata: [DONE]\n\n`, `cut at ${cut}`)
     t.strictSame(seen, [21])
   }
+})
+
+t.test('a filter that ends the body: what it held is scrubbed and released, later input is dropped, the end is clean', async (t) => {
+  const key = canaryKey()
+  let fed = 0
+  // Ends the body on its second chunk, passing that chunk on (a held-back secret prefix included).
+  const ender = { ended: false, feed: (c: Buffer) => { if (++fed === 2) ender.ended = true; return c }, finish: () => 'never' }
+  const r = new SecretRedactor([key], ender)
+  const out = text(r)
+  r.write(Buffer.from('one '))
+  r.write(Buffer.from(`two ${key} sk-pro`))
+  r.write(Buffer.from('j-three'))
+  r.end()
+  t.equal(await out, `one two ${REDACTED} sk-pro`, 'the tail that looked like a secret is released once the body is over; nothing after the end')
+  t.equal(fed, 2, 'nothing is fed after the end')
+})
+
+t.test('filters in a row: the second sees what the first passes, including what it releases at the end', async (t) => {
+  const rules = outputRules({ phrases: ['purple elephant protocol'] }) as OutputRules
+  const seen: string[] = []
+  const usage = new UsageReader({ mode: 'sse', hideUsageChunk: true, onUsage: (n) => seen.push(`usage ${n}`) })
+  const both = filtersInRow(new OutputGuard('chat.completion', rules, () => {}), usage)
+  const frame = 'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+  t.equal(both.feed(Buffer.from(frame.slice(0, 20))), '', 'half a frame: nothing yet')
+  t.equal(both.feed(Buffer.from(frame.slice(20))).toString(), frame, 'the rest: the whole frame')
+  t.equal(both.finish(), '', 'nothing held')
+  const last = 'data: {"choices":[],"usage":{"total_tokens":7}}'
+  const again = filtersInRow(new OutputGuard('chat.completion', rules, () => {}), new UsageReader({ mode: 'sse', hideUsageChunk: true, onUsage: (n) => seen.push(`usage ${n}`) }))
+  t.equal(again.feed(Buffer.from(last)), '')
+  t.equal(again.finish(), '', 'a usage chunk without its blank line is read at the end, and hidden')
+  t.strictSame(seen, ['usage 7'])
+  t.notOk(both.ended)
 })
