@@ -4,6 +4,7 @@ import { RuleError, RuleSet, type RuleMatch } from './filter-rules.js'
 import type { ChunkFilter } from './redact.js'
 import { yieldTurn } from './loop-budget.js'
 import type { ReplyShape } from './refusal-reply.js'
+import { eachFrame } from './sse-frames.js'
 
 /*
  * The output guardrail (threat F08): the operator's rules applied to generated text.
@@ -48,7 +49,6 @@ export function outputRules (opts: OutputFilterOptions | undefined): OutputRules
   return { rules, windowChars: opts.windowChars ?? 1024 }
 }
 
-const FRAME = /[\s\S]*?(?:\r\n\r\n|\n\n|\r\r)/g
 type Json = Record<string, unknown>
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v)
 const list = (v: unknown): Json[] => Array.isArray(v) ? v.filter(isObject) : []
@@ -111,16 +111,11 @@ export class OutputGuard implements ChunkFilter {
 
   // Never fed once ended: the redactor's stage drops the rest (lib/redact.ts).
   feed (chunk: Buffer): string {
-    this.#pending += this.#decoder.write(chunk)
     let out = ''
-    FRAME.lastIndex = 0
-    let consumed = 0
-    for (let m = FRAME.exec(this.#pending); m !== null; m = FRAME.exec(this.#pending)) {
-      consumed = FRAME.lastIndex
-      out += this.#frame(m[0])
-      if (this.ended) return out
-    }
-    this.#pending = this.#pending.slice(consumed)
+    this.#pending = eachFrame(this.#pending + this.#decoder.write(chunk), (frame) => {
+      out += this.#frame(frame)
+      return !this.ended
+    })
     return out
   }
 

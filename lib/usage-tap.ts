@@ -1,6 +1,7 @@
 import { StringDecoder } from 'node:string_decoder'
 import type { Readable } from 'node:stream'
 import type { ChunkFilter } from './redact.js'
+import { eachFrame } from './sse-frames.js'
 
 /*
  * Reads an upstream body's token `usage` as it goes by, without delaying it:
@@ -12,7 +13,6 @@ import type { ChunkFilter } from './redact.js'
  * - JSON: the last `"total_tokens"` in the final 16 KB, read at the end.
  */
 
-const FRAME = /[\s\S]*?(?:\r\n\r\n|\n\n|\r\r)/g
 const TAIL_BYTES = 16 * 1024
 const TOTAL_TOKENS = Buffer.from('"total_tokens"')
 
@@ -96,16 +96,11 @@ export class UsageReader implements ChunkFilter {
     // Most chunks are whole frames of generated text: they need no decoding, splitting or re-encoding.
     const whole = endsFrame(chunk)
     if (this.#clean && whole && chunk.indexOf(USAGE) === -1) return chunk
-    this.#pending += (this.#decoder as StringDecoder).write(chunk)
     let out = ''
-    // One shared global regex (no allocation per chunk); feed() never re-enters, so resetting is safe.
-    FRAME.lastIndex = 0
-    let consumed = 0
-    for (let m = FRAME.exec(this.#pending); m !== null; m = FRAME.exec(this.#pending)) {
-      consumed = FRAME.lastIndex
-      out += this.#frame(m[0])
-    }
-    this.#pending = this.#pending.slice(consumed)
+    this.#pending = eachFrame(this.#pending + (this.#decoder as StringDecoder).write(chunk), (frame) => {
+      out += this.#frame(frame)
+      return true
+    })
     this.#clean = whole && this.#pending.length === 0
     return out
   }

@@ -3,7 +3,7 @@ import { brotliCompressSync, createGunzip, deflateSync, gzipSync } from 'node:zl
 import t from 'tap'
 import type { Test } from 'tap'
 import { assertNoLeak, chatBody, isAllowlisted, proxyTest, sleep, type Harness } from './helper.js'
-import { expectOpenAIError, type Seen } from './routing-shared.js'
+import { expectOpenAIError, parseResponses, type Seen } from './routing-shared.js'
 import { oaiProxyExpectationHandler } from '../lib/server-options.js'
 
 /*
@@ -62,47 +62,8 @@ async function until (pred: () => boolean, ms: number): Promise<boolean> {
   return true
 }
 
-/** Every HTTP/1.1 response in `text`, in order (1xx have no body; chunked bodies decoded). */
-function responses (text: string): Seen[] {
-  const out: Seen[] = []
-  let rest = text
-  while (out.length < 20 && rest.startsWith('HTTP/1.')) {
-    const end = rest.indexOf('\r\n\r\n')
-    if (end === -1) break
-    const [statusLine = '', ...lines] = rest.slice(0, end).split('\r\n')
-    const headers: Record<string, string> = {}
-    for (const line of lines) {
-      const i = line.indexOf(':')
-      if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim()
-    }
-    const statusCode = Number(statusLine.split(' ')[1] ?? 0)
-    let after = rest.slice(end + 4)
-    let body = ''
-    if (statusCode >= 200) {
-      if (headers['transfer-encoding'] === 'chunked') {
-        for (let eol = after.indexOf('\r\n'); eol !== -1; eol = after.indexOf('\r\n')) {
-          const size = parseInt(after.slice(0, eol), 16)
-          if (!(size > 0)) {
-            after = after.slice(eol + 4)
-            break
-          }
-          body += after.slice(eol + 2, eol + 2 + size)
-          after = after.slice(eol + 4 + size)
-        }
-      } else {
-        const n = Number(headers['content-length'] ?? after.length)
-        body = after.slice(0, n)
-        after = after.slice(n)
-      }
-    }
-    out.push({ statusCode, headers, body })
-    rest = after
-  }
-  return out
-}
-
 /** Final (non-1xx) responses only. */
-const finals = (text: string): Seen[] => responses(text).filter((r) => r.statusCode >= 200)
+const finals = (text: string): Seen[] => parseResponses(text).filter((r) => r.statusCode >= 200)
 
 function head (method: string, target: string, headers: Record<string, string>): string {
   return [`${method} ${target} HTTP/1.1`, 'Host: proxy.test', ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`)].join('\r\n') + '\r\n\r\n'
@@ -285,7 +246,7 @@ proxyTest(t, 'Expect: 100-continue: a valid key gets 100 then the answer; a bad 
     conn.socket.write(BODY)
     await conn.closed
     t.notOk(conn.timedOut(), 'valid key: finished')
-    t.strictSame(responses(conn.text()).map((r) => r.statusCode), [100, 200], 'valid key: 100 then 200')
+    t.strictSame(parseResponses(conn.text()).map((r) => r.statusCode), [100, 200], 'valid key: 100 then 200')
     t.strictSame(h.upstream.requests.map((r) => `${r.method} ${r.url}`), ['POST /v1/chat/completions'])
     t.equal(h.upstream.requests[0]?.body.toString(), BODY, 'valid key: the body forwarded as sent')
     t.equal(h.upstream.requests[0]?.headers.expect, undefined, 'Expect is not forwarded upstream')
@@ -304,7 +265,7 @@ proxyTest(t, 'Expect: 100-continue: a valid key gets 100 then the answer; a bad 
     // The body is never sent: the refusal must come from the headers alone, and the proxy must close.
     await conn.closed
     t.notOk(conn.timedOut(), `${c.what}: the proxy answered and closed without the body`)
-    const all = responses(conn.text())
+    const all = parseResponses(conn.text())
     t.comment(`${c.what}: ${all.map((r) => r.statusCode).join(', ')}`)
     const seen = all.filter((r) => r.statusCode >= 200)
     t.equal(seen.length, 1, `${c.what}: one final answer`)

@@ -4,7 +4,7 @@ import t from 'tap'
 import type { Test } from 'tap'
 import { DEFAULT_REJECT_MESSAGE } from '../plugins/prompt-filter.js'
 import { assertNoLeak, chatBody, proxyTest, type Harness } from './helper.js'
-import { expectOpenAIError, type Seen } from './routing-shared.js'
+import { exchange, expectOpenAIError, parseResponses, type Exchange, type Seen } from './routing-shared.js'
 
 /*
  * The HTTP/1.1 protocol over real sockets, where inject() cannot go (it skips Node's llhttp parser):
@@ -25,72 +25,6 @@ const NOTHING: Seen = { statusCode: 0, headers: {}, body: '' }
 
 // ---------------------------------------------------------------------------------------------------------
 // Raw socket helpers.
-
-/** Every HTTP/1.x response in `text`, in order (bodies by Content-Length or chunked framing). */
-function responses (text: string): Seen[] {
-  const out: Seen[] = []
-  let rest = text
-  while (rest.startsWith('HTTP/1.')) {
-    const end = rest.indexOf('\r\n\r\n')
-    if (end === -1) break
-    const [statusLine = '', ...lines] = rest.slice(0, end).split('\r\n')
-    const headers: Record<string, string> = {}
-    for (const line of lines) {
-      const i = line.indexOf(':')
-      if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim()
-    }
-    let after = rest.slice(end + 4)
-    let body = ''
-    if (headers['transfer-encoding'] === 'chunked') {
-      for (;;) {
-        const eol = after.indexOf('\r\n')
-        if (eol === -1) break
-        const size = parseInt(after.slice(0, eol), 16)
-        if (!(size > 0)) {
-          after = after.slice(eol + 4)
-          break
-        }
-        body += after.slice(eol + 2, eol + 2 + size)
-        after = after.slice(eol + 4 + size)
-      }
-    } else {
-      const n = Number(headers['content-length'] ?? after.length)
-      body = after.slice(0, n)
-      after = after.slice(n)
-    }
-    out.push({ statusCode: Number(statusLine.split(' ')[1] ?? 0), headers, body })
-    rest = after
-  }
-  return out
-}
-
-interface Exchange {
-  /** Everything received, as latin1. */
-  text: string
-  responses: Seen[]
-  /** The proxy ended the connection (FIN or RST), rather than our hard timeout. */
-  closedByPeer: boolean
-}
-
-/** Write `payload` on a fresh connection and read until the proxy closes it, or `hardMs` pass (then we close it). */
-function exchange (h: Harness, payload: string | Buffer, hardMs = 3000): Promise<Exchange> {
-  return new Promise((resolve) => {
-    const socket = connect(port(h), '127.0.0.1')
-    const chunks: Buffer[] = []
-    let closedByPeer = false
-    const timer = setTimeout(() => socket.destroy(), hardMs)
-    socket.on('data', (c: Buffer) => chunks.push(c))
-    socket.on('end', () => { closedByPeer = true })
-    // A reset is the proxy closing on us too (it may come while we are still writing a large payload).
-    socket.on('error', () => { closedByPeer = true })
-    socket.on('close', () => {
-      clearTimeout(timer)
-      const text = Buffer.concat(chunks).toString('latin1')
-      resolve({ text, responses: responses(text), closedByPeer })
-    })
-    socket.write(typeof payload === 'string' ? Buffer.from(payload, 'latin1') : payload)
-  })
-}
 
 /** A keep-alive client connection: send a request, wait for its answer, send the next on the same socket. */
 class KeepAlive {
@@ -115,7 +49,7 @@ class KeepAlive {
     this.socket.write(Buffer.from(bytes, 'latin1'))
     const deadline = Date.now() + 3000
     for (;;) {
-      const all = responses(this.text())
+      const all = parseResponses(this.text())
       const next = all[this.answered]
       // Complete when a later response started, or this one's body is all there.
       if (next !== undefined && (all.length > this.answered + 1 || Buffer.byteLength(next.body, 'latin1') >= Number(next.headers['content-length'] ?? 0))) {
@@ -141,7 +75,7 @@ function post (h: Harness, headerLines: string, body: string | Buffer, target = 
 
 async function stillServes (t: Test, h: Harness): Promise<void> {
   const before = h.upstream.requests.length
-  const seen = await exchange(h, post(h, `Content-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n`, BODY))
+  const seen = await exchange(port(h), post(h, `Content-Type: application/json\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n`, BODY))
   t.equal(seen.responses[0]?.statusCode, 200, 'a normal request over a new socket still succeeds afterwards')
   t.strictSame(h.upstream.requests.slice(before).map((r) => `${r.method} ${r.url}`), ['POST /v1/chat/completions'], 'and reaches upstream once')
 }
@@ -197,7 +131,7 @@ proxyTest(t, 'B03: ambiguous or malformed framing is a 400 and a closed connecti
   ]
   for (const [what, payload, mayLoseAnswer] of cases) {
     const before = h.upstream.requests.length
-    expectParserRefusal(t, h, await exchange(h, payload), before, what, mayLoseAnswer)
+    expectParserRefusal(t, h, await exchange(port(h), payload), before, what, mayLoseAnswer)
   }
   t.notOk(h.upstream.requests.some((r) => r.url.includes('smuggled')), 'upstream never saw the smuggled request')
   await stillServes(t, h)
@@ -222,7 +156,7 @@ proxyTest(t, 'B03: legal but unusual chunked framing is decoded and re-framed; t
   ]
   for (const [what, payload] of cases) {
     const before = h.upstream.requests.length
-    const seen = await exchange(h, payload)
+    const seen = await exchange(port(h), payload)
     t.strictSame(seen.responses.map((r) => r.statusCode), [200, 200], `${what}: the request and the one after it both answered`)
     const sent = h.upstream.requests.slice(before)
     t.strictSame(sent.map((r) => `${r.method} ${r.url}`), ['POST /v1/chat/completions', 'GET /v1/models/gpt-4o-mini'], `${what}: upstream got the two requests, in order`)
@@ -318,7 +252,7 @@ proxyTest(t, 'M05: a GET with a body or chunked framing never desynchronises the
   }
   conn.end()
   assertNoLeak(t, conn.text(), h.secrets, 'what the keep-alive client saw')
-  const fresh = await exchange(h, `GET /v1/models/gpt-4o-mini HTTP/1.1\r\nHost: proxy.test\r\n${a}Connection: close\r\n\r\n`)
+  const fresh = await exchange(port(h), `GET /v1/models/gpt-4o-mini HTTP/1.1\r\nHost: proxy.test\r\n${a}Connection: close\r\n\r\n`)
   t.equal(fresh.responses[0]?.statusCode, 200, 'a normal GET on a new socket')
   t.match(JSON.parse(fresh.responses[0]?.body ?? 'null'), { id: 'gpt-4o-mini', object: 'model' }, 'its own answer, not a left-over one')
   expected.push('GET /v1/models/gpt-4o-mini')
@@ -345,7 +279,7 @@ proxyTest(t, 'H07: duplicate Content-Type takes the first value and the body is 
   const close = 'Connection: close\r\n'
   // Node keeps the first Content-Type line and drops the rest: one deterministic value.
   let before = h.upstream.requests.length
-  let seen = await exchange(h, post(h, `Content-Type: application/json\r\nContent-Type: text/plain\r\nContent-Length: ${BODY.length}\r\n${close}`, BODY))
+  let seen = await exchange(port(h), post(h, `Content-Type: application/json\r\nContent-Type: text/plain\r\nContent-Length: ${BODY.length}\r\n${close}`, BODY))
   t.equal(seen.responses[0]?.statusCode, 200, 'application/json then text/plain: read as JSON')
   const r = h.upstream.requests.at(-1)
   t.equal(h.upstream.requests.length, before + 1, 'forwarded once')
@@ -354,11 +288,11 @@ proxyTest(t, 'H07: duplicate Content-Type takes the first value and the body is 
   assertNoLeak(t, seen.text, h.secrets, 'response')
 
   before = h.upstream.requests.length
-  seen = await exchange(h, post(h, `Content-Type: application/json\r\nContent-Type: text/plain\r\nContent-Length: ${BLOCKED.length}\r\n${close}`, BLOCKED))
+  seen = await exchange(port(h), post(h, `Content-Type: application/json\r\nContent-Type: text/plain\r\nContent-Length: ${BLOCKED.length}\r\n${close}`, BLOCKED))
   expectOpenAIError(t, seen.responses[0] ?? NOTHING, 400, 'content_filter', 'application/json then text/plain, blocked phrase')
   t.equal(h.upstream.requests.length, before, 'the blocked phrase did not reach upstream')
 
-  seen = await exchange(h, post(h, `Content-Type: text/plain\r\nContent-Type: application/json\r\nContent-Length: ${BLOCKED.length}\r\n${close}`, BLOCKED))
+  seen = await exchange(port(h), post(h, `Content-Type: text/plain\r\nContent-Type: application/json\r\nContent-Length: ${BLOCKED.length}\r\n${close}`, BLOCKED))
   expectOpenAIError(t, seen.responses[0] ?? NOTHING, 415, 'unsupported_media_type', 'text/plain then application/json')
   t.equal(h.upstream.requests.length, before, 'nothing upstream')
   assertNoLeak(t, seen.text, h.secrets, 'response')
@@ -370,7 +304,7 @@ proxyTest(t, 'H07: duplicate Content-Type takes the first value and the body is 
     ['two equal Content-Lengths', `Content-Length: ${n}\r\nContent-Length: ${n}\r\n`]
   ] as const) {
     before = h.upstream.requests.length
-    expectParserRefusal(t, h, await exchange(h, post(h, `Content-Type: application/json\r\n${lines}`, BODY + BODY)), before, what)
+    expectParserRefusal(t, h, await exchange(port(h), post(h, `Content-Type: application/json\r\n${lines}`, BODY + BODY)), before, what)
   }
   await stillServes(t, h)
 })
@@ -386,7 +320,7 @@ proxyTest(t, 'H08: 500 small headers are served with only the allowlist upstream
     ['2,100 empty headers (Node keeps the first 2,000)', Array.from({ length: 2100 }, (_, i) => `a${i}:\r\n`).join('')]
   ] as const) {
     const before = h.upstream.requests.length
-    const seen = await exchange(h, get(lines))
+    const seen = await exchange(port(h), get(lines))
     t.equal(seen.responses[0]?.statusCode, 200, `${what}: served`)
     t.equal(h.upstream.requests.length, before + 1, `${what}: one upstream request`)
     const names = (h.upstream.requests.at(-1)?.rawHeaders ?? []).filter((_, i) => i % 2 === 0).map((x) => x.toLowerCase()).sort()
@@ -398,7 +332,7 @@ proxyTest(t, 'H08: 500 small headers are served with only the allowlist upstream
     ['70 headers of 1 KB (over 64 KiB in total)', Array.from({ length: 70 }, (_, i) => `X-Big-${i}: ${'v'.repeat(1000)}\r\n`).join('')]
   ] as const) {
     const before = h.upstream.requests.length
-    const seen = await exchange(h, get(lines))
+    const seen = await exchange(port(h), get(lines))
     t.ok(seen.closedByPeer, `${what}: connection closed`)
     // The proxy answers before it has read everything, so a reset may in principle overtake the answer.
     if (seen.responses.length > 0) expectOpenAIError(t, seen.responses[0] ?? NOTHING, 431, 'headers_too_large', what)
@@ -417,7 +351,7 @@ proxyTest(t, 'H09: a client request-id is never the log id, never forwarded, and
   const seenIds: string[] = []
   for (const value of hostile) {
     for (const name of ['request-id', 'x-request-id']) {
-      const seen = await exchange(h, `GET /v1/models HTTP/1.1\r\nHost: proxy.test\r\n${authLine(h)}${name}: ${value}\r\nConnection: close\r\n\r\n`)
+      const seen = await exchange(port(h), `GET /v1/models HTTP/1.1\r\nHost: proxy.test\r\n${authLine(h)}${name}: ${value}\r\nConnection: close\r\n\r\n`)
       const res = seen.responses[0] ?? NOTHING
       t.equal(res.statusCode, 200, `${name}: ${value.slice(0, 20)}: served`)
       seenIds.push(String(res.headers['x-proxy-request-id']))
@@ -429,7 +363,7 @@ proxyTest(t, 'H09: a client request-id is never the log id, never forwarded, and
   // A line break cannot arrive over a socket: Node's parser refuses it (bare LF, obs-fold).
   for (const lines of ['request-id: x\nINJECTED: 1\r\n', 'request-id: x\r\n INJECTED\r\n']) {
     const before = h.upstream.requests.length
-    expectParserRefusal(t, h, await exchange(h, `GET /v1/models HTTP/1.1\r\nHost: proxy.test\r\n${authLine(h)}${lines}Connection: close\r\n\r\n`), before, `request-id with ${JSON.stringify(lines.slice(12, 14))}`)
+    expectParserRefusal(t, h, await exchange(port(h), `GET /v1/models HTTP/1.1\r\nHost: proxy.test\r\n${authLine(h)}${lines}Connection: close\r\n\r\n`), before, `request-id with ${JSON.stringify(lines.slice(12, 14))}`)
   }
   // inject() hands header values to Fastify without Node's parser, so a line break does get that far.
   for (const value of ['x\nINJECTED {"level":60}', 'y\r\nINJECTED']) {
@@ -464,7 +398,7 @@ proxyTest(t, 'B01: odd Content-Type spellings are read as JSON and filtered, or 
     const what = `Content-Type: ${JSON.stringify(type)}`
     for (const [body, blocked] of [[BODY, false], [BLOCKED, true]] as const) {
       const before = h.upstream.requests.length
-      const seen = await exchange(h, post(h, `Content-Type: ${type}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n`, body))
+      const seen = await exchange(port(h), post(h, `Content-Type: ${type}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n`, body))
       const res = seen.responses[0] ?? NOTHING
       const sent = h.upstream.requests.slice(before)
       if (expect === 415) {
@@ -509,7 +443,7 @@ proxyTest(t, 'B05: BOMs, UTF-16 and bytes that are not UTF-8 are refused; escape
   ]
   for (const [what, body, type, status, code] of refused) {
     const before = h.upstream.requests.length
-    const seen = await exchange(h, post(h, `Content-Type: ${type}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n`, body))
+    const seen = await exchange(port(h), post(h, `Content-Type: ${type}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n`, body))
     expectOpenAIError(t, seen.responses[0] ?? NOTHING, status, code, what)
     t.equal(h.upstream.requests.length, before, `${what}: nothing upstream`)
     assertNoLeak(t, seen.text, h.secrets, what)
@@ -517,7 +451,7 @@ proxyTest(t, 'B05: BOMs, UTF-16 and bytes that are not UTF-8 are refused; escape
   for (const [what, content] of [['a lone high surrogate', 'hi \\ud800 there'], ['a lone low surrogate', 'hi \\uDFFF there'], ['NUL', 'hi \\u0000 there'], ['a surrogate pair', 'hi \\ud83d\\ude00 there']] as const) {
     const body = chatWith(content)
     const before = h.upstream.requests.length
-    const seen = await exchange(h, post(h, `Content-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n`, body))
+    const seen = await exchange(port(h), post(h, `Content-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n`, body))
     t.equal(seen.responses[0]?.statusCode, 200, `${what}: forwarded`)
     const sent = h.upstream.requests.slice(before)
     t.equal(sent.length, 1, `${what}: once`)

@@ -1,9 +1,8 @@
-import { connect } from 'node:net'
 import fc from 'fast-check'
 import t from 'tap'
 import { startFakeOpenAI } from '../testing/fake-openai.js'
 import { isAllowlisted, leakPatterns, proxyTest, type Harness } from './helper.js'
-import { ALLOWLISTED } from './routing-shared.js'
+import { ALLOWLISTED, exchange } from './routing-shared.js'
 
 /*
  * Property-based fuzzing of whole requests (threat catalogue R19 extended, B04, F06):
@@ -191,28 +190,8 @@ function rawBytes (c: RawCase, h: Harness, evilPort: number): string {
   return lines.join('\r\n') + '\r\n\r\n' + body
 }
 
-interface Exchange { text: string, status: number, closedByPeer: boolean }
-
-/** One request on a fresh connection: everything received until the proxy closes it, or `hardMs` (a hang). */
-function exchange (port: number, bytes: string, hardMs = 3000): Promise<Exchange> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1')
-    const chunks: Buffer[] = []
-    let closedByPeer = false
-    const timer = setTimeout(() => socket.destroy(), hardMs)
-    socket.on('data', (c: Buffer) => chunks.push(c))
-    socket.on('end', () => { closedByPeer = true })
-    socket.on('error', () => { closedByPeer = true })
-    socket.on('close', () => {
-      clearTimeout(timer)
-      const text = Buffer.concat(chunks).toString('latin1')
-      // The final status: skip a `100 Continue` interim answer.
-      const statuses = [...text.matchAll(/^HTTP\/1\.[01] (\d{3})/gm)].map((m) => Number(m[1])).filter((s) => s >= 200)
-      resolve({ text, status: statuses[0] ?? 0, closedByPeer })
-    })
-    socket.write(Buffer.from(bytes, 'latin1'))
-  })
-}
+/** The final status in what came back (a `100 Continue` interim answer skipped; any status line counts, parsed or not). */
+const finalStatus = (text: string): number => [...text.matchAll(/^HTTP\/1\.[01] (\d{3})/gm)].map((m) => Number(m[1])).find((s) => s >= 200) ?? 0
 
 const leaks = (text: string, secrets: readonly string[]): string[] =>
   secrets.flatMap((s) => leakPatterns(s).filter((p) => (typeof p === 'string' ? text.includes(p) : p.test(text))).map(String))
@@ -227,13 +206,14 @@ proxyTest(t, `R19, R05-R14: ${rawRuns} random raw requests (targets, encodings, 
   let forwarded = 0
   await fc.assert(fc.asyncProperty(rawCase, async (c) => {
     const before = h.upstream.requests.length
-    const seen = await exchange(port, rawBytes(c, h, evil.port))
-    statuses.set(seen.status, (statuses.get(seen.status) ?? 0) + 1)
+    const seen = await exchange(port, Buffer.from(rawBytes(c, h, evil.port), 'latin1'))
+    const status = finalStatus(seen.text)
+    statuses.set(status, (statuses.get(status) ?? 0) + 1)
     const sent = h.upstream.requests.slice(before)
     forwarded += sent.length
     const problems = [
       ...(seen.closedByPeer ? [] : ['the connection hung']),
-      ...(seen.status >= 500 ? [`status ${seen.status}`] : []),
+      ...(status >= 500 ? [`status ${status}`] : []),
       ...(sent.length > 1 ? [`${sent.length} upstream requests`] : []),
       ...sent.filter((r) => !isAllowlisted(r)).map((r) => `upstream got ${r.method} ${r.url}`),
       ...sent.filter((r) => r.headers.host !== upstreamHost).map((r) => `upstream Host ${String(r.headers.host)}`),

@@ -1,10 +1,10 @@
+import { connect } from 'node:net'
 import type { Test } from 'tap'
 import { assertNoLeak, type Harness } from './helper.js'
 
 /*
- * Shared by routing.test.ts, routing-spec.test.ts, routing-raw.test.ts and request-headers.test.ts: an
- * independent oracle for "which paths are ours", the OpenAI error-envelope check, and a small parser for
- * responses read off a raw socket.
+ * Shared by the routing, request-header and raw-protocol tests: an independent oracle for "which paths are
+ * ours", the OpenAI error-envelope check, and small helpers for requests and responses on a raw socket.
  */
 
 /** What a client saw, from inject() or parsed off a raw socket. */
@@ -86,6 +86,73 @@ export function parseRaw (text: string): Seen {
   const raw = text.slice(end + 4)
   const body = headers['transfer-encoding'] === 'chunked' ? dechunk(raw) : raw.slice(0, Number(headers['content-length'] ?? raw.length))
   return { statusCode: Number(statusLine.split(' ')[1] ?? 0), headers, body }
+}
+
+/** Every HTTP/1.x response in `text`, in order (1xx have no body; chunked bodies decoded), at most 20. */
+export function parseResponses (text: string): Seen[] {
+  const out: Seen[] = []
+  let rest = text
+  while (out.length < 20 && rest.startsWith('HTTP/1.')) {
+    const end = rest.indexOf('\r\n\r\n')
+    if (end === -1) break
+    const [statusLine = '', ...lines] = rest.slice(0, end).split('\r\n')
+    const headers: Record<string, string> = {}
+    for (const line of lines) {
+      const i = line.indexOf(':')
+      if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim()
+    }
+    const statusCode = Number(statusLine.split(' ')[1] ?? 0)
+    let after = rest.slice(end + 4)
+    let body = ''
+    if (statusCode >= 200) {
+      if (headers['transfer-encoding'] === 'chunked') {
+        for (let eol = after.indexOf('\r\n'); eol !== -1; eol = after.indexOf('\r\n')) {
+          const size = parseInt(after.slice(0, eol), 16)
+          if (!(size > 0)) {
+            after = after.slice(eol + 4)
+            break
+          }
+          body += after.slice(eol + 2, eol + 2 + size)
+          after = after.slice(eol + 4 + size)
+        }
+      } else {
+        const n = Number(headers['content-length'] ?? after.length)
+        body = after.slice(0, n)
+        after = after.slice(n)
+      }
+    }
+    out.push({ statusCode, headers, body })
+    rest = after
+  }
+  return out
+}
+
+export interface Exchange {
+  /** Everything received, as latin1. */
+  text: string
+  responses: Seen[]
+  /** The proxy ended the connection (FIN or RST), rather than our hard timeout. */
+  closedByPeer: boolean
+}
+
+/** Write `payload` on a fresh connection and read until the proxy closes it, or `hardMs` pass (then we close it). */
+export function exchange (port: number, payload: string | Buffer, hardMs = 3000): Promise<Exchange> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1')
+    const chunks: Buffer[] = []
+    let closedByPeer = false
+    const timer = setTimeout(() => socket.destroy(), hardMs)
+    socket.on('data', (c: Buffer) => chunks.push(c))
+    socket.on('end', () => { closedByPeer = true })
+    // A reset is the proxy closing on us too (it may come while we are still writing a large payload).
+    socket.on('error', () => { closedByPeer = true })
+    socket.on('close', () => {
+      clearTimeout(timer)
+      const text = Buffer.concat(chunks).toString('latin1')
+      resolve({ text, responses: parseResponses(text), closedByPeer })
+    })
+    socket.write(payload)
+  })
 }
 
 /** A raw HTTP/1.1 request with `Connection: close`; adds Content-Length and a JSON content type when given a body. */
