@@ -58,8 +58,9 @@ export class StreamGuard {
     onResponseClose(res, () => {
       res.off('drain', progress)
       this.#watched.delete(w)
-      if (this.#watched.size === 0) this.#stop()
     })
+    // Started once and kept (a wake-up per tick when idle), not per burst: at low concurrency the set
+    // empties after nearly every request.
     if (this.#timer === null) {
       this.#timer = setInterval(() => this.#tick(), this.#tickMs)
       // Never keeps a process (or a host app's tests) alive on its own.
@@ -68,7 +69,8 @@ export class StreamGuard {
   }
 
   close (): void {
-    this.#stop()
+    if (this.#timer !== null) clearInterval(this.#timer)
+    this.#timer = null
     this.#watched.clear()
   }
 
@@ -90,10 +92,5 @@ export class StreamGuard {
         w.res.destroy()
       }
     }
-  }
-
-  #stop (): void {
-    if (this.#timer !== null) clearInterval(this.#timer)
-    this.#timer = null
   }
 }
