@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
 import { envelope, openaiShapeByCode, proxyError, type ProxyErrorExtras } from '../errors.js'
+import { redactText } from '../lib/redact.js'
 
 export interface ErrorHandlerOptions {
   /** For a path we serve under another method: the methods it does allow (405 instead of 404). */
@@ -48,7 +49,10 @@ const errorHandler: FastifyPluginAsync<ErrorHandlerOptions> = async (app, opts) 
     const err = normalise(error)
     const status = err.statusCode as number
     if (status >= 500) {
-      request.log.error({ err: error }, 'oai-proxy: request failed')
+      // Never the error object whole: a library's error may carry raw upstream bytes (undici's parser
+      // errors keep the bytes they choked on), which can quote a key.
+      const detail = { type: error.name, code: error.code, message: redactText(error.message, []), stack: redactText(error.stack ?? '', []) }
+      request.log.error({ err: detail }, 'oai-proxy: request failed')
     } else {
       request.log.info({ code: err.code, status }, 'oai-proxy: request refused')
     }

@@ -180,6 +180,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
         // that leaves destroys the chain, which aborts the upstream body.
         const body = chain(res.body, [out], (err) => {
           request.log.warn({ code: errorCode(err) }, 'oai-proxy: upstream stream ended abnormally')
+          return upstreamFailure(err)
         })
         // The guard ended the stream early: stop upstream (it would go on generating, and billing).
         if (shape !== undefined) {

@@ -63,22 +63,28 @@ t.test('onResponseClose runs once on close, watched or not, and at once when alr
 })
 
 t.test('chain: data flows, an error cuts the chain, an early close destroys the source', async (t) => {
-  const ok = chain(Readable.from(['a', 'b']), [new PassThrough(), new PassThrough()], () => t.fail('no error'))
+  const ok = chain(Readable.from(['a', 'b']), [new PassThrough(), new PassThrough()], (err) => { t.fail('no error'); return err })
   let text = ''
   for await (const c of ok) text += String(c)
   t.equal(text, 'ab')
 
   const errors: string[] = []
   const src = new PassThrough()
-  const last = chain(src, [new PassThrough()], (err) => errors.push(err.message))
+  const last = chain(src, [new PassThrough()], (err) => {
+    errors.push(err.message)
+    return new Error(`mapped: ${err.message}`)
+  })
   const lastError = new Promise<Error>((resolve) => last.once('error', resolve))
   src.write('x')
   src.destroy(new Error('upstream reset'))
-  t.equal((await lastError).message, 'upstream reset', 'the last stage fails with the source error')
+  t.equal((await lastError).message, 'mapped: upstream reset', 'the last stage fails with the error the caller mapped the source error to')
   t.strictSame(errors, ['upstream reset'])
 
   const upstream = new PassThrough()
-  const stage = chain(upstream, [new PassThrough()], (err) => errors.push(err.message))
+  const stage = chain(upstream, [new PassThrough()], (err) => {
+    errors.push(err.message)
+    return err
+  })
   stage.once('error', () => {})
   stage.destroy(new Error('stage failed'))
   await new Promise((resolve) => setImmediate(resolve))
@@ -86,7 +92,7 @@ t.test('chain: data flows, an error cuts the chain, an early close destroys the 
   t.strictSame(errors, ['upstream reset', 'stage failed'])
 
   const source = new PassThrough()
-  const tail = chain(source, [new PassThrough()], () => {})
+  const tail = chain(source, [new PassThrough()], (err) => err)
   tail.destroy()
   await new Promise((resolve) => setImmediate(resolve))
   t.equal(source.destroyed, true, 'the client leaving destroys the upstream body')
