@@ -1,10 +1,10 @@
 import { StringDecoder } from 'node:string_decoder'
 import { normalise, normaliseLong } from './normalise.js'
-import { RuleError, RuleSet, type RuleMatch } from './filter-rules.js'
+import { ruleSetFor, type RuleError, type RuleMatch, type RuleSet } from './filter-rules.js'
 import type { ChunkFilter } from './redact.js'
 import { yieldTurn } from './loop-budget.js'
 import type { ReplyShape } from './refusal-reply.js'
-import { eachFrame } from './sse-frames.js'
+import { eachFrame, endsFrame } from './sse-frames.js'
 
 /*
  * The output guardrail (threat F08): the operator's rules applied to generated text.
@@ -40,7 +40,7 @@ export function outputRules (opts: OutputFilterOptions | undefined): OutputRules
   if (opts === undefined || ((opts.phrases?.length ?? 0) + (opts.patterns?.length ?? 0)) === 0) return null
   let rules: RuleSet
   try {
-    rules = new RuleSet(opts.phrases, opts.patterns)
+    rules = ruleSetFor(opts.phrases, opts.patterns)
   } catch (err) {
     const e = err as RuleError
     throw new Error(`oai-proxy: invalid option /outputFilter/${e.option}/${e.index}: ${e.message}`)
@@ -98,6 +98,8 @@ export class OutputGuard implements ChunkFilter {
   readonly #tails = new Map<string, string>()
   readonly #choices = new Set<number>()
   #pending = ''
+  /** Nothing is held from earlier chunks: the last one ended on a frame boundary. */
+  #clean = true
   /** Responses: the response object as last announced, and the last sequence number. */
   #response: Json = {}
   #sequence = 0
@@ -110,13 +112,18 @@ export class OutputGuard implements ChunkFilter {
   }
 
   // Never fed once ended: the redactor's stage drops the rest (lib/redact.ts).
-  feed (chunk: Buffer): string {
+  feed (chunk: Buffer): Buffer | string {
+    const whole = endsFrame(chunk)
     let out = ''
     this.#pending = eachFrame(this.#pending + this.#decoder.write(chunk), (frame) => {
       out += this.#frame(frame)
       return !this.ended
     })
-    return out
+    // Most chunks are whole frames after whole frames: when none matched, the chunk itself goes on (the
+    // text is exactly its bytes), not the text re-encoded.
+    const same = this.#clean && whole && !this.ended
+    this.#clean = whole
+    return same ? chunk : out
   }
 
   finish (): string {

@@ -15,3 +15,11 @@ export function eachFrame (text: string, each: (frame: string) => boolean): stri
   }
   return text.slice(consumed)
 }
+
+/** The chunk ends where a frame does (its last bytes are a blank line), so no frame or character is cut. */
+export function endsFrame (chunk: Buffer): boolean {
+  const n = chunk.length
+  const last = chunk[n - 1]
+  if (last !== 0x0a && last !== 0x0d) return false
+  return chunk[n - 2] === last || (last === 0x0a && chunk[n - 2] === 0x0d && chunk[n - 3] === 0x0a && chunk[n - 4] === 0x0d)
+}

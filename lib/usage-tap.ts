@@ -1,7 +1,7 @@
 import { StringDecoder } from 'node:string_decoder'
 import type { Readable } from 'node:stream'
 import type { ChunkFilter } from './redact.js'
-import { eachFrame } from './sse-frames.js'
+import { eachFrame, endsFrame } from './sse-frames.js'
 
 /*
  * Reads an upstream body's token `usage` as it goes by, without delaying it:
@@ -60,14 +60,6 @@ function usageOf (frame: string): { total: number | null, usageOnly: boolean } {
 }
 
 const USAGE = Buffer.from('"usage"')
-
-/** The chunk ends where a frame does (its last bytes are a blank line), so no frame or character is cut. */
-function endsFrame (chunk: Buffer): boolean {
-  const n = chunk.length
-  const last = chunk[n - 1]
-  if (last !== 0x0a && last !== 0x0d) return false
-  return chunk[n - 2] === last || (last === 0x0a && chunk[n - 2] === 0x0d && chunk[n - 3] === 0x0a && chunk[n - 4] === 0x0d)
-}
 
 /**
  * The parsing, for the listener and, as the redactor's `before` filter (lib/redact.ts), for the stream stage

@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyBaseLogger, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
-import { countScript, RuleError, RuleSet, scriptMatcher, scriptOf, type RuleMatch } from '../lib/filter-rules.js'
+import { countScript, RuleError, ruleSetFor, scriptMatcher, scriptOf, type RuleMatch, type RuleSet } from '../lib/filter-rules.js'
 import { ModerationClient } from '../lib/moderation.js'
 import { yieldTurn } from '../lib/loop-budget.js'
 import { normaliseLong } from '../lib/normalise.js'
@@ -32,7 +32,7 @@ function settingsOf (opts: PromptFilterOptions) {
   let rules: RuleSet
   let scripts: RegExp | null
   try {
-    rules = new RuleSet(opts.phrases, opts.patterns)
+    rules = ruleSetFor(opts.phrases, opts.patterns)
     scripts = scriptMatcher(opts.scripts ?? [])
   } catch (err) {
     throw err instanceof RuleError ? invalid(`${err.option}/${err.index}`, err.message) : err
