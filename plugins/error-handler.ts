@@ -51,7 +51,7 @@ const errorHandler: FastifyPluginAsync<ErrorHandlerOptions> = async (app, opts) 
     if (status >= 500) {
       // Never the error object whole: a library's error may carry raw upstream bytes (undici's parser
       // errors keep the bytes they choked on), which can quote a key.
-      const detail = { type: error.name, code: error.code, message: redactText(error.message, []), stack: redactText(error.stack ?? '', []) }
+      const detail = { type: error.name, code: error.code, message: redactText(error.message, []), stack: redactText(String(error.stack), []) }
       request.log.error({ err: detail }, 'oai-proxy: request failed')
     } else {
       request.log.info({ code: err.code, status }, 'oai-proxy: request refused')

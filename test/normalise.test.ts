@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs'
 import t from 'tap'
-import { phrasePattern, RuleError, RuleSet, scriptMatcher, scriptOf, countScript } from '../lib/filter-rules.js'
+import { phrasePattern, RuleError, RuleSet, ruleSetFor, scriptMatcher, scriptOf, countScript } from '../lib/filter-rules.js'
 import { normalise, normaliseLong } from '../lib/normalise.js'
 
 const PHRASE = 'ignore previous instructions'
@@ -191,4 +191,13 @@ t.test('script rules', async (t) => {
 t.test('the homoglyph table comes from the maintained package, not from us', async (t) => {
   const pkg = JSON.parse(readFileSync(new URL('../node_modules/unhomoglyph/package.json', import.meta.url), 'utf8')) as { name: string }
   t.equal(pkg.name, 'unhomoglyph')
+})
+
+t.test('the same rules compile once; a few sets are kept, the oldest dropped first', async (t) => {
+  const first = ruleSetFor(['kept phrase'], ['kept\\s+pattern'])
+  t.equal(ruleSetFor(['kept phrase'], ['kept\\s+pattern']), first, 'the same rules: the same compiled set')
+  t.not(ruleSetFor(['kept phrase']), first, 'other rules: another set')
+  for (let i = 0; i < 8; i++) ruleSetFor([`phrase number ${i}`])
+  t.not(ruleSetFor(['kept phrase'], ['kept\\s+pattern']), first, 'after eight others the first was dropped and is compiled again')
+  t.equal(first.first('a kept phrase here')?.id, 'phrase:1', 'a dropped set still works for whoever holds it')
 })
