@@ -40,6 +40,9 @@ export function resolveOptions (opts: OaiProxyOptions) {
   } catch (err) {
     throw new Error(`oai-proxy: invalid option /upstreamUrl: ${(err as Error).message}`)
   }
+  if (opts.maxBodyBytesInFlight !== undefined && opts.maxBodyBytesInFlight > 0 && opts.maxBodyBytesInFlight < (opts.bodyLimit ?? 10 * 1024 * 1024)) {
+    throw new Error('oai-proxy: invalid option /maxBodyBytesInFlight: smaller than bodyLimit, so the largest allowed body could never be accepted')
+  }
   const wanted = opts.endpoints
   const unknown = wanted?.filter((id) => !allEndpoints.some((e) => e.id === id)) ?? []
   if (unknown.length > 0) throw new Error(`oai-proxy: invalid option /endpoints: unknown endpoint id ${unknown.join(', ')}`)
@@ -48,6 +51,7 @@ export function resolveOptions (opts: OaiProxyOptions) {
     upstreamUrl,
     bodyLimit: opts.bodyLimit ?? 10 * 1024 * 1024,
     maxJsonDepth: opts.maxJsonDepth ?? 64,
+    maxBodyBytesInFlight: opts.maxBodyBytesInFlight ?? 256 * 1024 * 1024,
     upstreamConnectTimeoutMs: opts.upstreamConnectTimeoutMs ?? 10_000,
     upstreamHeadersTimeoutMs: opts.upstreamHeadersTimeoutMs ?? 600_000,
     upstreamIdleTimeoutMs: opts.upstreamIdleTimeoutMs ?? 300_000,
@@ -112,7 +116,7 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     await pipeline.register(auth, { proxyKeys: opts.proxyKeys, resolveClient: opts.resolveClient })
     await pipeline.register(clientBans)
     await pipeline.register(rateLimit, { requestsPerWindow: limits.requestsPerWindow, windowMs: limits.windowMs })
-    await pipeline.register(jsonBody, { bodyLimit: opts.bodyLimit, maxJsonDepth: opts.maxJsonDepth })
+    await pipeline.register(jsonBody, { bodyLimit: opts.bodyLimit, maxJsonDepth: opts.maxJsonDepth, maxBytesInFlight: opts.maxBodyBytesInFlight })
     // preHandlers, after auth and validation, before anything goes upstream: policy (may clamp the body),
     // then the filter (reads the body as it will be sent).
     await pipeline.register(requestPolicy, opts.policy ?? {})

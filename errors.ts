@@ -23,6 +23,7 @@ const catalogue = {
   INVALID_PARAM: { status: 400, type: 'invalid_request_error', code: 'invalid_value', message: 'Invalid path parameter: %s' },
   BAD_REQUEST: { status: 400, type: 'invalid_request_error', code: 'bad_request', message: 'The request was malformed.' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, type: 'invalid_request_error', code: 'unsupported_media_type', message: "Unsupported content type or encoding. Send 'Content-Type: application/json' (UTF-8, not compressed)." },
+  BODIES_BUSY: { status: 503, type: 'server_error', code: 'server_busy', message: 'The proxy is receiving too many large request bodies at once; retry shortly.' },
   BODY_TOO_LARGE: { status: 413, type: 'invalid_request_error', code: 'request_too_large', message: 'The request body is larger than this proxy accepts.' },
   CONTENT_FILTER: { status: 400, type: 'invalid_request_error', code: 'content_filter', message: '%s' },
   NON_TEXT_NOT_ALLOWED: { status: 400, type: 'invalid_request_error', code: 'content_filter', message: 'This proxy accepts text only: images, audio and files are refused (rule: non_text).' },

@@ -1,11 +1,13 @@
 import { isUtf8 } from 'node:buffer'
+import { Transform } from 'node:stream'
 import fp from 'fastify-plugin'
-import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import sjson from 'secure-json-parse'
 import { proxyError } from '../errors.js'
 import { scanJson } from '../lib/json-scan.js'
 import { laterTurn, overBudget } from '../lib/loop-budget.js'
 import { decorateAnalysis } from '../lib/request-analysis.js'
+import { onResponseClose } from '../lib/response-close.js'
 import type { RawBody } from '../lib/request-body.js'
 
 export interface JsonBodyOptions {
@@ -13,6 +15,8 @@ export interface JsonBodyOptions {
   bodyLimit: number
   /** Deepest nesting accepted. */
   maxJsonDepth: number
+  /** Body bytes held at once over all requests (threat LD08); past it a body is refused before it is read. 0: no cap. */
+  maxBytesInFlight: number
 }
 
 /**
@@ -28,6 +32,7 @@ const CONSTRUCTOR = Buffer.from('constructor')
 
 const jsonBody: FastifyPluginAsync<JsonBodyOptions> = async (app, opts) => {
   decorateAnalysis(app)
+  if (opts.maxBytesInFlight > 0) budgetBodies(app, opts.maxBytesInFlight, opts.bodyLimit)
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: opts.bodyLimit }, (request: FastifyRequest, body: string | Buffer, done) => {
     // Fastify picked this parser by the content-type header, so it is there.
@@ -54,6 +59,42 @@ const jsonBody: FastifyPluginAsync<JsonBodyOptions> = async (app, opts) => {
     }
     if (bytes.length >= LARGE_BODY) attempt()
     else run()
+  })
+}
+
+/**
+ * Threat LD08: a thousand clients each sending a megabyte at once would have the proxy hold a gigabyte.
+ * Every body's bytes count from its first byte until its response closes (the bytes stay referenced until
+ * then: the forwarder sends them, the analysis points into them). A body with a declared length reserves
+ * it before a byte is read (the cheap, usual case: SDKs and browsers declare it); a chunked one counts as
+ * it arrives. Past the cap the body is refused with 503 and `Retry-After`, unread.
+ */
+function budgetBodies (app: FastifyInstance, max: number, bodyLimit: number): void {
+  let held = 0
+  const busy = () => proxyError('BODIES_BUSY', [], { headers: { 'retry-after': '1' } })
+  app.addHook('preParsing', (request, reply, payload, done) => {
+    const length = request.headers['content-length']
+    if (length !== undefined) {
+      // Fastify checks the declared length against the bytes and the body limit; a lie costs no more.
+      const size = Math.min(Number(length) || 0, bodyLimit)
+      if (held + size > max) return done(busy())
+      held += size
+      onResponseClose(reply.raw, () => { held -= size })
+      return done(null, payload)
+    }
+    if (request.headers['transfer-encoding'] === undefined) return done(null, payload)
+    let mine = 0
+    onResponseClose(reply.raw, () => { held -= mine })
+    const counted = new Transform({
+      transform (chunk: Buffer, _enc, next) {
+        if (held + chunk.length > max) return next(busy())
+        held += chunk.length
+        mine += chunk.length
+        next(null, chunk)
+      }
+    })
+    payload.on('error', (err) => counted.destroy(err))
+    done(null, payload.pipe(counted))
   })
 }
 
