@@ -75,8 +75,9 @@ function budgetBodies (app: FastifyInstance, max: number, bodyLimit: number): vo
   app.addHook('preParsing', (request, reply, payload, done) => {
     const length = request.headers['content-length']
     if (length !== undefined) {
-      // Fastify checks the declared length against the bytes and the body limit; a lie costs no more.
-      const size = Math.min(Number(length) || 0, bodyLimit)
+      // Node's parser accepted it, so it is a whole number; Fastify checks it against the bytes and the
+      // body limit, so a lie costs no more than the limit.
+      const size = Math.min(Number(length), bodyLimit)
       if (held + size > max) return done(busy())
       held += size
       onResponseClose(reply.raw, () => { held -= size })
