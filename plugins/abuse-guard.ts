@@ -1,8 +1,8 @@
 import fp from 'fastify-plugin'
-import { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { retryHeaders } from '../lib/durations.js'
+import { addressKey } from '../lib/client-address.js'
 
 export interface AbuseGuardOptions {
   /** Failed requests (401, 404, 405) a caller may make per minute before its requests get 429. 0 = off. */
@@ -44,7 +44,7 @@ const clientOf = new WeakMap<FastifyRequest, string | null>()
 const abuseGuard: FastifyPluginAsync<AbuseGuardOptions> = async (app, opts) => {
   if (opts.failuresPerMinute <= 0) return
   const limit = { max: opts.failuresPerMinute, timeWindow: WINDOW_MS }
-  const byAddress = app.createRateLimit({ ...limit, keyGenerator: (r) => `fail:${normalizeIP(r.ip, 64)}` }) as Limiter
+  const byAddress = app.createRateLimit({ ...limit, keyGenerator: (r) => `fail:${addressKey(r.ip)}` }) as Limiter
   const byClient = app.createRateLimit({ ...limit, keyGenerator: (r) => `fail:client:${clientOf.get(r) as string}` }) as Limiter
   app.decorate('oaiProxyClientFailures', byClient)
   const identify = opts.identify ?? ((): null => null)

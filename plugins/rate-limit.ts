@@ -1,8 +1,8 @@
 import fp from 'fastify-plugin'
-import { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { goDuration, retryHeaders } from '../lib/durations.js'
+import { addressKey } from '../lib/client-address.js'
 
 export interface RateLimitOptions {
   /** Requests each client may make per window (`RATE_LIMIT_RPM`, or the original `MODEL_RATE_LIMIT`). 0 = no limit. */
@@ -18,7 +18,7 @@ export interface RateLimitOptions {
  */
 export function limitKey (request: FastifyRequest): string {
   const client = request.oaiProxyClient
-  return client === null || client === undefined || client.kind === 'anonymous' ? `ip:${normalizeIP(request.ip, 64)}` : client.id
+  return client === null || client === undefined || client.kind === 'anonymous' ? `ip:${addressKey(request.ip)}` : client.id
 }
 
 /**
