@@ -4,7 +4,7 @@ import { ruleSetFor, type RuleError, type RuleMatch, type RuleSet } from './filt
 import type { ChunkFilter } from './redact.js'
 import { yieldTurn } from './loop-budget.js'
 import type { ReplyShape } from './refusal-reply.js'
-import { eachFrame, endsFrame } from './sse-frames.js'
+import { FrameSplitter, endsFrame } from './sse-frames.js'
 
 /*
  * The output guardrail (threat F08): the operator's rules applied to generated text.
@@ -19,6 +19,10 @@ import { eachFrame, endsFrame } from './sse-frames.js'
  *   completions) or the whole output (Responses) with OpenAI's filtered form.
  * The text is normalised as prompts are (lib/normalise.ts), so disguises are caught the same way.
  */
+
+/** The largest frame of a stream the guard parses; a stream with a larger one is ended as filtered. */
+export const OUTPUT_FRAME_LIMIT = 4 * 1024 * 1024
+const TOO_LARGE: RuleMatch = { id: 'frame_too_large', index: -1 }
 
 /** The largest non-streamed answer the guard reads whole; a larger one is refused (it cannot be checked). */
 export const OUTPUT_WHOLE_LIMIT = 16 * 1024 * 1024
@@ -97,7 +101,7 @@ export class OutputGuard implements ChunkFilter {
   readonly #decoder = new StringDecoder('utf8')
   readonly #tails = new Map<string, string>()
   readonly #choices = new Set<number>()
-  #pending = ''
+  readonly #frames = new FrameSplitter()
   /** Nothing is held from earlier chunks: the last one ended on a frame boundary. */
   #clean = true
   /** Responses: the response object as last announced, and the last sequence number. */
@@ -115,10 +119,12 @@ export class OutputGuard implements ChunkFilter {
   feed (chunk: Buffer): Buffer | string {
     const whole = endsFrame(chunk)
     let out = ''
-    this.#pending = eachFrame(this.#pending + this.#decoder.write(chunk), (frame) => {
+    this.#frames.push(this.#decoder.write(chunk), (frame) => {
       out += this.#frame(frame)
       return !this.ended
     })
+    // A frame this large cannot be checked in one go without stalling every other stream: fail closed.
+    if (!this.ended && this.#frames.held > OUTPUT_FRAME_LIMIT) out += this.#stop(TOO_LARGE, {})
     // Most chunks are whole frames after whole frames: when none matched, the chunk itself goes on (the
     // text is exactly its bytes), not the text re-encoded.
     const same = this.#clean && whole && !this.ended
@@ -127,11 +133,12 @@ export class OutputGuard implements ChunkFilter {
   }
 
   finish (): string {
-    const rest = this.#pending + this.#decoder.end()
+    const rest = this.#frames.end() + this.#decoder.end()
     return rest.length > 0 ? this.#frame(rest) : ''
   }
 
   #frame (frame: string): string {
+    if (frame.length > OUTPUT_FRAME_LIMIT) return this.#stop(TOO_LARGE, {})
     let obj: unknown
     try {
       obj = JSON.parse(dataOf(frame))
@@ -142,11 +149,7 @@ export class OutputGuard implements ChunkFilter {
     for (const c of list(obj.choices)) if (typeof c.index === 'number') this.#choices.add(c.index)
     for (const [key, text] of deltas(this.#shape, obj)) {
       const hit = this.#check(key, text)
-      if (hit !== null) {
-        this.ended = true
-        this.#onMatch(hit)
-        return this.#end(obj)
-      }
+      if (hit !== null) return this.#stop(hit, obj)
     }
     // Only frames that go out count: the end follows the last one the client saw.
     if (isObject(obj.response)) this.#response = obj.response
@@ -163,6 +166,12 @@ export class OutputGuard implements ChunkFilter {
     const max = this.#rules.windowChars
     this.#tails.set(key, text.length > max ? text.slice(-max) : text)
     return this.#rules.rules.first(text)
+  }
+
+  #stop (rule: RuleMatch, obj: Json): string {
+    this.ended = true
+    this.#onMatch(rule)
+    return this.#end(obj)
   }
 
   /** The frames that end a filtered stream, shaped after the frame that matched. */

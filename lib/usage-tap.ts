@@ -1,7 +1,7 @@
 import { StringDecoder } from 'node:string_decoder'
 import type { Readable } from 'node:stream'
 import type { ChunkFilter } from './redact.js'
-import { eachFrame, endsFrame } from './sse-frames.js'
+import { FrameSplitter, endsFrame } from './sse-frames.js'
 
 /*
  * Reads an upstream body's token `usage` as it goes by, without delaying it:
@@ -69,7 +69,7 @@ export class UsageReader implements ChunkFilter {
   readonly #opts: UsageTapOptions
   // SSE only: a JSON body is read from its tail, as bytes.
   readonly #decoder: StringDecoder | null
-  #pending = ''
+  readonly #frames = new FrameSplitter()
   #tail = Buffer.alloc(0)
   /** Nothing is held from earlier chunks: the last one ended on a frame boundary, all of it passed on. */
   #clean = true
@@ -89,11 +89,11 @@ export class UsageReader implements ChunkFilter {
     const whole = endsFrame(chunk)
     if (this.#clean && whole && chunk.indexOf(USAGE) === -1) return chunk
     let out = ''
-    this.#pending = eachFrame(this.#pending + (this.#decoder as StringDecoder).write(chunk), (frame) => {
+    this.#frames.push((this.#decoder as StringDecoder).write(chunk), (frame) => {
       out += this.#frame(frame)
       return true
     })
-    this.#clean = whole && this.#pending.length === 0
+    this.#clean = whole && this.#frames.held === 0
     return out
   }
 
@@ -103,7 +103,7 @@ export class UsageReader implements ChunkFilter {
       if (total !== null) this.#opts.onUsage(total)
       return ''
     }
-    const rest = this.#pending + (this.#decoder as StringDecoder).end()
+    const rest = this.#frames.end() + (this.#decoder as StringDecoder).end()
     return rest.length > 0 ? this.#frame(rest) : ''
   }
 
