@@ -1,8 +1,8 @@
 import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
-import { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyBaseLogger, FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { envelope } from '../errors.js'
+import { addressKey } from './client-address.js'
 
 /*
  * Two answers Fastify gives before any plugin runs: a URL it cannot decode (`%zz`, an over-long path
@@ -98,8 +98,9 @@ export function limitConnections (server: Server, limits: ConnectionLimits, log:
   const perAddress = limits.maxConnectionsPerAddress
   if (perAddress <= 0) return
   server.on('connection', (socket: Socket) => {
-    // Undefined only for a socket already gone; such sockets share one harmless bucket.
-    const address = normalizeIP(`${socket.remoteAddress}`, 64)
+    // The same address rule as the limits (lib/client-address.ts); a socket already gone has no address
+    // and lands in the shared bucket of unparsable ones.
+    const address = addressKey(`${socket.remoteAddress}`)
     const n = (open.get(address) ?? 0) + 1
     if (n > perAddress) {
       socket.destroy()

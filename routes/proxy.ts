@@ -17,6 +17,7 @@ import { upstreamBody } from '../lib/request-body.js'
 import { request as upstreamRequest } from '../lib/undici-core.js'
 import { StreamGuard, type StreamLimits } from '../lib/stream-guard.js'
 import { OUTPUT_WHOLE_LIMIT, OutputGuard, checkWholeAnswer, type OutputRules } from '../lib/output-guard.js'
+import type { RuleMatch } from '../lib/filter-rules.js'
 
 export interface ProxyRoutesOptions {
   /** The endpoint-table rows to serve (see `schemas/endpoints.ts`). */
@@ -100,6 +101,10 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
     // Every proxy route carries its table row, so there is an analysis (made here if no step asked before).
     const analysis = analysisOf(request) as RequestAnalysis
     const endpoint = analysis.endpoint
+    // The output guardrail matched, in a whole answer or a stream: logged with the rule id, never the text.
+    const outputFiltered = (rule: RuleMatch) => {
+      request.log.info({ rule: rule.id, endpoint: endpoint.id }, 'oai-proxy: output filtered')
+    }
     const path = basePath + upstreamPath(endpoint, request.params as Record<string, string>)
     // What was validated and filtered: the client's bytes where they mean exactly that (lib/request-body.ts).
     const body = endpoint.method === 'POST' ? upstreamBody(analysis, request.oaiProxyRawBody) : undefined
@@ -159,7 +164,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
           if (whole !== null) {
             if (request.oaiProxyUsage) request.oaiProxyUsage.totalTokens = lastTotalTokens(whole)
             const filtered = shape === undefined ? null : await checkWholeAnswer(shape, whole, opts.output as OutputRules)
-            if (filtered !== null) request.log.info({ rule: filtered.rule.id, endpoint: endpoint.id }, 'oai-proxy: output filtered')
+            if (filtered !== null) outputFiltered(filtered.rule)
             return reply.code(status).headers(clientResponseHeaders(res.headers)).send(redactBytes(filtered?.body ?? whole, keys.secrets))
           }
         }
@@ -170,10 +175,8 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
             res.body.destroy()
             throw proxyError('UPSTREAM_BAD_RESPONSE')
           }
-          const guard = new OutputGuard(shape, opts.output as OutputRules, (rule) => {
-            request.log.info({ rule: rule.id, endpoint: endpoint.id }, 'oai-proxy: output filtered')
-          })
-          before = before === undefined ? guard : filtersInRow(guard, before)
+          const outputGuard = new OutputGuard(shape, opts.output as OutputRules, outputFiltered)
+          before = before === undefined ? outputGuard : filtersInRow(outputGuard, before)
         }
         const out = new SecretRedactor(keys.secrets, before)
         // An upstream that dies mid-stream cuts the client's response off (never ended cleanly); a client

@@ -151,7 +151,7 @@ proxyTest(t, 'answers the guardrail cannot check are refused, not passed uncheck
   t.equal((await post(h, '/v1/embeddings', { model: 'text-embedding-3-small', input: 'x' })).statusCode, 200)
 })
 
-proxyTest(t, 'with a token budget the usage chunk the proxy asked for is still hidden and read, behind the guardrail', { proxy: { outputFilter, rateLimit: { tokensPerMinute: 1_000_000 } } }, async (h, t) => {
+proxyTest(t, 'with a token budget the usage chunk the proxy asked for is still hidden behind the guardrail', { proxy: { outputFilter, rateLimit: { tokensPerMinute: 1_000_000 } } }, async (h, t) => {
   const res = await post(h, '/v1/chat/completions', chatBody({ stream: true, messages: [{ role: 'user', content: 'a b c' }] }))
   const body = res.body
   t.match(body, /data: \[DONE\]\n\n$/)

@@ -374,6 +374,18 @@ proxyTest(t, 'RL09: maxConcurrent 2 with open stream:true responses: the third g
     assertNoLeak(t, `${res.statusCode}\n${JSON.stringify(res.headers)}\n${text}`, h.secrets, 'a stream')
     return text
   }
+  // A slot comes back when the server sees the response close, a moment after the client read its end:
+  // ask again for up to `ms`, counting the attempts.
+  const servedWithin = async (ms: number) => {
+    let last = { status: 0, text: '', tries: 0 }
+    for (const deadline = Date.now() + ms; Date.now() < deadline;) {
+      const res = await open('quick')
+      last = { status: res.statusCode, text: await readAll(res), tries: last.tries + 1 }
+      if (last.status === 200) break
+      await sleep(25)
+    }
+    return last
+  }
 
   try {
     const short = await open('short')
@@ -404,16 +416,8 @@ proxyTest(t, 'RL09: maxConcurrent 2 with open stream:true responses: the third g
     const shortText = await readAll(short, shortIt, shortFirst)
     t.match(shortText, /data: \[DONE\]\n\n$/, 'the short stream ran to its end')
     t.equal((shortText.match(/^data: \{/gm) ?? []).length, 10)
-    let tries = 0
-    let fourth = { status: 0, text: '' }
-    for (const deadline = Date.now() + 1000; Date.now() < deadline;) {
-      tries++
-      const res = await open('quick')
-      fourth = { status: res.statusCode, text: await readAll(res) }
-      if (fourth.status === 200) break
-      await sleep(25)
-    }
-    t.equal(fourth.status, 200, `after the short stream ended a new stream is served (attempt ${tries})`)
+    const fourth = await servedWithin(1000)
+    t.equal(fourth.status, 200, `after the short stream ended a new stream is served (attempt ${fourth.tries})`)
     t.match(fourth.text, /data: \[DONE\]\n\n$/)
 
     // The long stream is still open: fill the other slot, show the cap again, then abort the long one.
@@ -427,16 +431,8 @@ proxyTest(t, 'RL09: maxConcurrent 2 with open stream:true responses: the third g
     await longIt.next().catch(() => undefined)
     const cut = await h.upstream.waitFor((r) => r.abortedAt !== undefined, 3000)
     t.ok(cut.sseBytes < sseFrames(300).join('').length, `the aborted stream was cut upstream after ${cut.sseBytes} bytes`)
-    tries = 0
-    let fifth = { status: 0, text: '' }
-    for (const deadline = Date.now() + 1000; Date.now() < deadline;) {
-      tries++
-      const res = await open('quick')
-      fifth = { status: res.statusCode, text: await readAll(res) }
-      if (fifth.status === 200) break
-      await sleep(25)
-    }
-    t.equal(fifth.status, 200, `the client that aborted mid-stream gave its slot back (attempt ${tries})`)
+    const fifth = await servedWithin(1000)
+    t.equal(fifth.status, 200, `the client that aborted mid-stream gave its slot back (attempt ${fifth.tries})`)
     t.equal(h.upstream.requests.length, upstreamBefore + 1, 'only the served stream went upstream')
     filler.abort()
     await secondIt.next().catch(() => undefined)
