@@ -64,7 +64,7 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
     const endpoint = analysis?.endpoint
     if (analysis === null || endpoint?.usage === undefined) return
     const body = analysis.body as Record<string, unknown>
-    const requested = estimatePrompt(analysis) + outputCap(body, endpoint.outputCapFields, opts.defaultOutputTokens)
+    const requested = estimatePrompt(analysis) + outputCap(body, endpoint.outputCapFields, endpoint.outputAllowance ?? opts.defaultOutputTokens)
     const limit = opts.tokensPerMinute
     if (requested > limit) {
       throw proxyError('TOKENS_LIMITED', [`Request too large on tokens per min (TPM): Limit ${limit}, Requested ${requested}. Reduce the prompt or the output cap.`], { headers: retryHeaders(TPM_WINDOW_MS, false) })

@@ -4,6 +4,7 @@ import {
   ChatCompletionBodySchema, CompletionBodySchema, EmbeddingBodySchema, ModelParamsSchema,
   ModerationBodySchema, ResponseBodySchema
 } from './openai.js'
+import { CompactBodySchema, ImageGenerationBodySchema, InputTokensBodySchema, SpeechBodySchema } from './openai-media.js'
 
 /**
  * The allowlist. One row per endpoint the proxy forwards; routes are generated from this table, and
@@ -23,8 +24,18 @@ export interface EndpointDefinition {
   outputCapFields: readonly string[]
   /** Where the prompt text lives (prompt filter, token counting); `null` when the request carries none. */
   prompt: PromptFields | null
-  /** Where the request names its model (request policy: model allowlist). */
+  /**
+   * Where the request names its model (request policy: model allowlist). `required`: under an allowlist a
+   * request that names no model is refused, because upstream's default is not known to be allowed (for
+   * images it even depends on other parameters). Not required: an absent model passes (moderations).
+   */
   model?: { in: 'body' | 'params', required: boolean }
+  /**
+   * Output tokens reserved per output (times `n`) when the endpoint has no output-cap field (token budgets):
+   * images are reserved at the most one GPT image costs (6,240 output tokens, high quality 1024x1536) and
+   * settled from `usage` when upstream reports it. Absent: the suite's `defaultOutputTokens`.
+   */
+  outputAllowance?: number
   /** Body fields that ask for several completions at once (request policy: capped). */
   choiceFields?: readonly string[]
   /** Upstream `store` default: `on` (Responses stores unless told not to) or `off` (chat). Request policy forces it off. */
@@ -56,6 +67,8 @@ export interface PromptFields {
 }
 
 const inBody = { in: 'body', required: true } as const
+/** gpt-image-1 at high quality, 1024x1536 or 1536x1024: the most output tokens one image is billed. */
+const IMAGE_OUTPUT_TOKENS = 6240
 
 export const endpoints: readonly EndpointDefinition[] = [
   { id: 'chat.completions', method: 'POST', path: '/chat/completions', body: ChatCompletionBodySchema, streams: true, outputCapFields: ['max_completion_tokens', 'max_tokens'], choiceFields: ['n'], model: inBody, storeDefault: 'off', replyShape: 'chat.completion', usage: 'stream-option', prompt: { text: ['messages', 'tools', 'functions', 'response_format', 'prediction'], notText: ['model', 'stream'] } },
@@ -64,6 +77,12 @@ export const endpoints: readonly EndpointDefinition[] = [
   { id: 'embeddings', method: 'POST', path: '/embeddings', body: EmbeddingBodySchema, streams: false, outputCapFields: [], model: inBody, usage: 'always', prompt: { text: ['input'], tokens: ['input'], notText: ['model'] } },
   // Moderations input is what someone wants classified, so filtering it is the operator's choice.
   { id: 'moderations', method: 'POST', path: '/moderations', body: ModerationBodySchema, streams: false, outputCapFields: [], model: { in: 'body', required: false }, prompt: { text: ['input'], notText: ['model'], optIn: true } },
+  { id: 'responses.compact', method: 'POST', path: '/responses/compact', body: CompactBodySchema, streams: false, outputCapFields: [], model: inBody, usage: 'always', prompt: { text: ['input', 'instructions'], notText: ['model'] } },
+  // Counting tokens generates nothing and costs nothing: filtering it is the operator's choice.
+  { id: 'responses.input_tokens', method: 'POST', path: '/responses/input_tokens', body: InputTokensBodySchema, streams: false, outputCapFields: [], model: { in: 'body', required: false }, prompt: { text: ['input', 'instructions', 'tools', 'text', 'prompt'], notText: ['model'], optIn: true } },
+  { id: 'images.generations', method: 'POST', path: '/images/generations', body: ImageGenerationBodySchema, streams: true, outputCapFields: [], outputAllowance: IMAGE_OUTPUT_TOKENS, choiceFields: ['n'], model: inBody, usage: 'always', prompt: { text: ['prompt'], notText: ['model', 'n', 'stream', 'partial_images'] } },
+  // Binary audio out (streamed through as it comes), or SSE with `stream_format: "sse"` (usage in its last event).
+  { id: 'audio.speech', method: 'POST', path: '/audio/speech', body: SpeechBodySchema, streams: false, outputCapFields: [], model: inBody, usage: 'always', prompt: { text: ['input', 'instructions'], notText: ['model', 'stream_format'] } },
   { id: 'models.list', method: 'GET', path: '/models', streams: false, outputCapFields: [], prompt: null, rewritableResponse: 'model-list' },
   { id: 'models.retrieve', method: 'GET', path: '/models/:model', params: ModelParamsSchema, streams: false, outputCapFields: [], model: { in: 'params', required: true }, prompt: null }
 ]

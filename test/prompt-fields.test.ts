@@ -15,6 +15,9 @@ const scanPrompt = (body: unknown, fields: PromptFields) => {
  * an endpoint's body schema, has no text classification.
  */
 
+/** Streaming endpoints whose answers are not generated text (a refusal is always an error there). */
+const NON_TEXT_STREAMS = new Set(['images.generations', 'images.edits', 'audio.transcriptions', 'audio.translations'])
+
 t.test('every endpoint says where its prompt text lives', async (t) => {
   for (const e of endpoints) {
     t.not(e.prompt, undefined, `${e.id} has a prompt classification`)
@@ -33,7 +36,8 @@ t.test('every endpoint says where its prompt text lives', async (t) => {
     t.strictSame(unclassified, [], `${e.id}: every field of the body schema is classified as text or not`)
     t.strictSame(fields.text.filter((f) => fields.notText.includes(f)), [], `${e.id}: no field is both`)
     t.strictSame((fields.tokens ?? []).filter((f) => !fields.text.includes(f)), [], `${e.id}: token fields are text fields`)
-    if (e.streams) t.not(e.replyShape, undefined, `${e.id}: a generating endpoint can be answered with a fake completion`)
+    // Reject mode `completion` dresses a refusal as generated text; images and transcripts have no such shape.
+    if (e.streams && !NON_TEXT_STREAMS.has(e.id)) t.not(e.replyShape, undefined, `${e.id}: a text-generating endpoint can be answered with a fake completion`)
   }
 })
 

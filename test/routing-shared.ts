@@ -41,7 +41,11 @@ export const ALLOWLISTED: Array<{ method: 'GET' | 'POST', path: string, body?: R
   { method: 'POST', path: '/embeddings', body: { model: 'text-embedding-3-small', input: 'hello' } },
   { method: 'POST', path: '/moderations', body: { input: 'hello' } },
   { method: 'GET', path: '/models' },
-  { method: 'GET', path: '/models/gpt-4o-mini' }
+  { method: 'GET', path: '/models/gpt-4o-mini' },
+  { method: 'POST', path: '/responses/compact', body: { model: 'gpt-4o-mini', input: 'hello' } },
+  { method: 'POST', path: '/responses/input_tokens', body: { model: 'gpt-4o-mini', input: 'hello' } },
+  { method: 'POST', path: '/images/generations', body: { model: 'gpt-image-1', prompt: 'a cat' } },
+  { method: 'POST', path: '/audio/speech', body: { model: 'gpt-4o-mini-tts', input: 'hello', voice: 'alloy' } }
 ]
 
 /** The reply is a local OpenAI-shaped error: exact status, `{error:{message,type,param,code}}` and nothing else. */

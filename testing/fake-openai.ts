@@ -2,6 +2,7 @@ import { createServer as createHttpServer, type IncomingHttpHeaders, type Incomi
 import { createServer as createHttpsServer } from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import * as R from './fake-responses.js'
+import * as M from './fake-media.js'
 
 /*
  * A fake OpenAI API for tests, benchmarks and the no-key demo. It records every request it receives (raw
@@ -86,6 +87,16 @@ function defaultPlan (req: RecordedRequest, opts: FakeOpenAIOptions): Plan {
       return { kind: 'json', body: R.moderation(body) }
     case 'GET /v1/models':
       return { kind: 'json', body: R.modelList() }
+    case 'POST /v1/images/generations':
+      return stream ? { kind: 'sse', frames: M.imageFrames(body), delayMs } : { kind: 'json', body: M.images(body) }
+    case 'POST /v1/audio/speech':
+      return body.stream_format === 'sse'
+        ? { kind: 'sse', frames: M.speechFrames(body), delayMs }
+        : { kind: 'raw', headers: { 'content-type': 'audio/mpeg' }, body: M.speechBytes(body) }
+    case 'POST /v1/responses/input_tokens':
+      return { kind: 'json', body: M.inputTokens(body) }
+    case 'POST /v1/responses/compact':
+      return { kind: 'json', body: M.compaction(body) }
   }
   const id = /^\/v1\/models\/([^/]+)$/.exec(path)?.[1]
   if (req.method === 'GET' && id !== undefined) {
