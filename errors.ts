@@ -39,6 +39,13 @@ const catalogue = {
   REQUESTS_LIMITED: { status: 429, type: 'requests', code: 'rate_limit_exceeded', message: '%s' },
   TOKENS_LIMITED: { status: 429, type: 'tokens', code: 'rate_limit_exceeded', message: '%s' },
   RATE_LIMIT_UNAVAILABLE: { status: 503, type: 'server_error', code: 'rate_limit_store_unavailable', message: 'The rate limiter cannot reach its store; try again shortly.' },
+  MULTIPART_INVALID: { status: 400, type: 'invalid_request_error', code: 'invalid_multipart', message: 'Invalid multipart/form-data body: %s.' },
+  MULTIPART_UNKNOWN_FIELD: { status: 400, type: 'invalid_request_error', code: 'unknown_parameter', message: "Unknown parameter: '%s'." },
+  MULTIPART_FIELD_ORDER: { status: 400, type: 'invalid_request_error', code: 'multipart_field_order', message: "Field '%s' %s; send the text fields before the file parts." },
+  MULTIPART_TOO_MANY_PARTS: { status: 413, type: 'invalid_request_error', code: 'too_many_parts', message: 'The form has more than %s %s.' },
+  MULTIPART_FIELD_TOO_LARGE: { status: 413, type: 'invalid_request_error', code: 'field_too_large', message: 'Text fields are too large: %s.' },
+  FILE_TOO_LARGE: { status: 413, type: 'invalid_request_error', code: 'file_too_large', message: 'Uploaded files are too large: %s.' },
+  FILE_TYPE_NOT_ALLOWED: { status: 400, type: 'invalid_request_error', code: 'invalid_file_format', message: "Invalid file format for '%s'. Supported formats: %s." },
   INTERNAL: { status: 500, type: 'server_error', code: 'internal_error', message: 'The proxy hit an internal error.' }
 } as const
 
