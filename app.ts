@@ -5,6 +5,7 @@ import auth, { clientKeys, presentedKey } from './plugins/auth.js'
 import cors from './plugins/cors.js'
 import errorHandler from './plugins/error-handler.js'
 import jsonBody from './plugins/json-body.js'
+import formBody from './plugins/form-body.js'
 import keyInjection from './plugins/key-injection.js'
 import promptFilter from './plugins/prompt-filter.js'
 import requestPolicy from './plugins/request-policy.js'
@@ -117,6 +118,8 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     await pipeline.register(clientBans)
     await pipeline.register(rateLimit, { requestsPerWindow: limits.requestsPerWindow, windowMs: limits.windowMs })
     await pipeline.register(jsonBody, { bodyLimit: opts.bodyLimit, maxJsonDepth: opts.maxJsonDepth, maxBytesInFlight: opts.maxBodyBytesInFlight })
+    // Uploads: the form's text fields become the body every later step reads; the files wait for the route.
+    await pipeline.register(formBody, { bodyLimit: opts.bodyLimit, maxUploadBytes: opts.maxUploadBytes })
     // preHandlers, after auth and validation, before anything goes upstream: policy (may clamp the body),
     // then the filter (reads the body as it will be sent).
     await pipeline.register(requestPolicy, opts.policy ?? {})

@@ -1,15 +1,12 @@
+import type { FileType } from '../schemas/openai-uploads.js'
+
 /*
  * What an uploaded file is, read from its first bytes (magic numbers). The client's declared Content-Type
  * and filename are never trusted: the proxy forwards a name and type it derived itself, and OpenAI infers
  * the audio format from the file name's extension.
  */
 
-export type FileType = 'flac' | 'mp3' | 'mp4' | 'm4a' | 'ogg' | 'wav' | 'webm' | 'png' | 'jpeg' | 'webp'
-
-/** The formats OpenAI's transcription and translation endpoints take (mpeg/mpga are MPEG audio: mp3). */
-export const AUDIO_TYPES: readonly FileType[] = ['flac', 'mp3', 'mp4', 'm4a', 'ogg', 'wav', 'webm']
-/** The formats OpenAI's image edit endpoints take. */
-export const IMAGE_TYPES: readonly FileType[] = ['png', 'jpeg', 'webp']
+export { AUDIO_TYPES, IMAGE_TYPES, type FileType } from '../schemas/openai-uploads.js'
 
 /** How many leading bytes `sniff` needs at most (RIFF and ftyp headers hold their tag at bytes 8-11). */
 export const SNIFF_BYTES = 12

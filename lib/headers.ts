@@ -17,14 +17,15 @@ export interface UpstreamIdentity {
   userAgent: string
 }
 
-export function upstreamRequestHeaders (client: IncomingHttpHeaders, id: UpstreamIdentity, hasBody: boolean): Record<string, string> {
+/** `contentType`: the body's (JSON, or a form we rebuilt with our own boundary); undefined without a body. */
+export function upstreamRequestHeaders (client: IncomingHttpHeaders, id: UpstreamIdentity, contentType: string | undefined): Record<string, string> {
   const headers: Record<string, string> = {
     authorization: `Bearer ${id.key}`,
     // We inspect error bodies and redact all bodies, so we must see plain bytes.
     'accept-encoding': 'identity',
     'user-agent': id.userAgent
   }
-  if (hasBody) headers['content-type'] = 'application/json'
+  if (contentType !== undefined) headers['content-type'] = contentType
   if (id.organization) headers['openai-organization'] = id.organization
   if (id.project) headers['openai-project'] = id.project
   copyIf(headers, 'accept', client.accept, SAFE_VALUE)
@@ -40,12 +41,17 @@ function copyIf (to: Record<string, string>, name: string, value: string | strin
 /** Upstream response headers a client may see. Everything else (org/project ids, cookies, cf-*, limits) is dropped. */
 const RESPONSE_ALLOWLIST = ['content-type', 'x-request-id', 'openai-processing-ms', 'openai-version', 'retry-after', 'retry-after-ms', 'x-should-retry'] as const
 
+const CALL_LOCATION = /^\/v1\/realtime\/calls\/[A-Za-z0-9_-]{1,128}$/
+
 export function clientResponseHeaders (upstream: Record<string, string | string[] | undefined>): Record<string, string> {
   const out: Record<string, string> = {}
   for (const name of RESPONSE_ALLOWLIST) {
     const value = upstream[name]
     if (typeof value === 'string' && SAFE_VALUE.test(value)) out[name] = value
   }
+  // A WebRTC call's id (`/v1/realtime/calls/rtc_…`): the one place a client needs upstream's Location.
+  const location = upstream.location
+  if (typeof location === 'string' && CALL_LOCATION.test(location)) out.location = location
   if (out['content-type']?.startsWith('text/event-stream')) {
     // Defeat buffering in nginx and other reverse proxies in front of us (openai-wire.md §1.6).
     out['cache-control'] = 'no-cache'

@@ -74,7 +74,7 @@ export class ModerationClient {
       const key = this.#keys.pool.acquire(tried)
       if (key === undefined) return { ok: false, reason: 'no usable upstream key' }
       tried.add(key.id)
-      const headers = upstreamRequestHeaders({}, { key: key.key, organization: this.#keys.organization, project: this.#keys.project, userAgent: this.#s.userAgent }, true)
+      const headers = upstreamRequestHeaders({}, { key: key.key, organization: this.#keys.organization, project: this.#keys.project, userAgent: this.#s.userAgent }, 'application/json')
       let status: number
       let answer: string | null
       try {

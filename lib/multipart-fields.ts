@@ -1,5 +1,6 @@
+import sjson from 'secure-json-parse'
 import { proxyError } from '../errors.js'
-import type { FileType } from './file-sniff.js'
+import type { FieldKind, FileType, FormSpec } from '../schemas/openai-uploads.js'
 import { printable } from './multipart-headers.js'
 
 /*
@@ -9,16 +10,7 @@ import { printable } from './multipart-headers.js'
  * internal/uploads.ts; openai-python's multipart serialiser uses the same "brackets" format).
  */
 
-export type FieldKind = 'string' | 'integer' | 'number' | 'boolean' | 'strings' | 'json'
-
-export interface FormSpec {
-  /** Text fields accepted, by name. `strings` = repeatable array field, sent as `name[]` (accept both `name` and `name[]` from clients). `json` = a JSON object or a plain string value (e.g. chunking_strategy: "auto" or {"type":"server_vad",...}). */
-  fields: Readonly<Record<string, FieldKind>>
-  /** File fields by name. `multiple`: accepts `image` and `image[]`, up to limits.maxFiles. `types`: allowed sniffed types. */
-  files: Readonly<Record<string, { multiple: boolean, types: readonly FileType[] }>>
-  /** Fields that must have arrived before any file byte may be forwarded (the required ones: model, prompt...). */
-  decisive: readonly string[]
-}
+export type { FieldKind, FormSpec } from '../schemas/openai-uploads.js'
 
 export type Slot =
   | { file: false, field: string, kind: FieldKind, member: string | null }
@@ -71,6 +63,7 @@ function convert (field: string, kind: FieldKind, text: string): unknown {
     case 'boolean':
       if (text !== 'true' && text !== 'false') throw invalid(field, "must be 'true' or 'false'")
       return text === 'true'
+    case 'document': return documentOf(field, text)
     case 'json': {
       if (!text.trimStart().startsWith('{')) return text
       let parsed: unknown
@@ -80,6 +73,18 @@ function convert (field: string, kind: FieldKind, text: string): unknown {
     }
     default: return text
   }
+}
+
+/** A `document` field: one JSON object, any depth, without the keys that reach a prototype (as JSON bodies). */
+function documentOf (field: string, text: string): Record<string, unknown> {
+  let parsed: unknown
+  try {
+    parsed = sjson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
+  } catch {
+    parsed = null
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw invalid(field, 'must be a JSON object')
+  return parsed as Record<string, unknown>
 }
 
 interface OpenField { slot: Slot & { file: false }, chunks: Buffer[], length: number }
@@ -166,11 +171,13 @@ function scalar (name: string, value: unknown): string {
  * `name[key]` parts, as the official SDKs send them (so a `json` object that arrived in either form goes
  * upstream in the one form OpenAI is known to take from its own SDKs). Undefined values are left out.
  */
-export function fieldParts (boundary: string, fields: Record<string, unknown>): Buffer {
+export function fieldParts (boundary: string, fields: Record<string, unknown>, spec: FormSpec): Buffer {
   const parts: string[] = []
   const add = (name: string, value: unknown): void => { parts.push(partHeader(boundary, name), scalar(name, value), '\r\n') }
   for (const [name, value] of Object.entries(fields)) {
-    if (Array.isArray(value)) for (const v of value) add(`${name}[]`, v)
+    // A document goes as the JSON text of what was checked (a WebRTC session: nested, as OpenAI's docs send it).
+    if (spec.fields[name] === 'document') add(name, JSON.stringify(value))
+    else if (Array.isArray(value)) for (const v of value) add(`${name}[]`, v)
     else if (typeof value === 'object' && value !== null) for (const [k, v] of Object.entries(value)) add(`${name}[${k}]`, v)
     else if (value !== undefined) add(name, value)
   }

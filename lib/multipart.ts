@@ -140,7 +140,7 @@ export async function openForm (source: Readable, contentTypeHeader: string, spe
 
     function upstream (fields: Record<string, unknown>): { body: Readable, contentType: string } {
       if (used) throw new Error('upstream() may be called once, and not after discard()')
-      const prefix = fieldParts(out, fields)
+      const prefix = fieldParts(out, fields, spec)
       used = true
       const stream = new Readable({
         read: () => { wanting = true; drive() },

@@ -144,6 +144,7 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     ...(env.BODY_LIMIT === undefined ? {} : { bodyLimit: env.BODY_LIMIT }),
     ...(env.MAX_BODY_BYTES_IN_FLIGHT === undefined ? {} : { maxBodyBytesInFlight: env.MAX_BODY_BYTES_IN_FLIGHT }),
     ...(env.MAX_JSON_DEPTH === undefined ? {} : { maxJsonDepth: env.MAX_JSON_DEPTH }),
+    ...(env.MAX_UPLOAD_BYTES === undefined ? {} : { maxUploadBytes: env.MAX_UPLOAD_BYTES }),
     ...(env.UPSTREAM_CONNECT_TIMEOUT_MS === undefined ? {} : { upstreamConnectTimeoutMs: env.UPSTREAM_CONNECT_TIMEOUT_MS }),
     ...(env.UPSTREAM_HEADERS_TIMEOUT_MS === undefined ? {} : { upstreamHeadersTimeoutMs: env.UPSTREAM_HEADERS_TIMEOUT_MS }),
     ...(env.UPSTREAM_IDLE_TIMEOUT_MS === undefined ? {} : { upstreamIdleTimeoutMs: env.UPSTREAM_IDLE_TIMEOUT_MS }),

@@ -35,6 +35,10 @@ const jsonBody: FastifyPluginAsync<JsonBodyOptions> = async (app, opts) => {
   if (opts.maxBytesInFlight > 0) budgetBodies(app, opts.maxBytesInFlight, opts.bodyLimit)
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: opts.bodyLimit }, (request: FastifyRequest, body: string | Buffer, done) => {
+    if (request.routeOptions.config.oaiProxyEndpoint?.form !== undefined) {
+      done(proxyError('FORM_REQUIRED'), undefined)
+      return
+    }
     // Fastify picked this parser by the content-type header, so it is there.
     const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(request.headers['content-type'] as string)?.[1]?.toLowerCase()
     if (charset !== undefined && charset !== 'utf-8' && charset !== 'utf8') {

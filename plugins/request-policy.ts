@@ -119,7 +119,9 @@ const requestPolicy: FastifyPluginAsync<RequestPolicyOptions> = async (app, opts
     if (analysis === null) return
     const endpoint = analysis.endpoint
     if (endpoint.model !== undefined && models !== undefined) {
-      const source = (endpoint.model.in === 'body' ? analysis.body : request.params) as Body | null
+      let source = (endpoint.model.in === 'body' ? analysis.body : request.params) as Body | null
+      // Realtime calls name the model inside their session object.
+      if (endpoint.model.under !== undefined) source = source?.[endpoint.model.under] as Body | null
       const id = source?.model
       if (!(id === undefined && !endpoint.model.required) && !modelAllowed(id)) throw refuse(request, 'MODEL_NOT_ALLOWED', [], 'model', 'allowed_models')
     }

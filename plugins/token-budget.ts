@@ -34,6 +34,20 @@ declare module 'fastify' {
 }
 
 const TPM_WINDOW_MS = 60_000
+const MiB = 1024 * 1024
+
+/**
+ * Tokens reserved for an upload (audio is billed by length): by the declared body size, or the endpoint's
+ * cap when the client streams without declaring one. The form is still arriving, so this is all there is.
+ */
+function uploadAllowance (request: FastifyRequest): number {
+  const endpoint = analysisOf(request)?.endpoint
+  const perMiB = endpoint?.uploadTokensPerMiB
+  if (perMiB === undefined || endpoint?.form === undefined) return 0
+  const declared = Number(request.headers['content-length'])
+  const bytes = Number.isFinite(declared) && declared > 0 ? declared : endpoint.form.caps.maxTotalFileBytes
+  return Math.ceil(bytes / MiB) * perMiB
+}
 
 /**
  * Admission by tokens and by concurrency (ARCHITECTURE §3 step 7), after the filter and policy so refused
@@ -64,7 +78,7 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
     const endpoint = analysis?.endpoint
     if (analysis === null || endpoint?.usage === undefined) return
     const body = analysis.body as Record<string, unknown>
-    const requested = estimatePrompt(analysis) + outputCap(body, endpoint.outputCapFields, endpoint.outputAllowance ?? opts.defaultOutputTokens)
+    const requested = estimatePrompt(analysis) + outputCap(body, endpoint.outputCapFields, endpoint.outputAllowance ?? opts.defaultOutputTokens) + uploadAllowance(request)
     const limit = opts.tokensPerMinute
     if (requested > limit) {
       throw proxyError('TOKENS_LIMITED', [`Request too large on tokens per min (TPM): Limit ${limit}, Requested ${requested}. Reduce the prompt or the output cap.`], { headers: retryHeaders(TPM_WINDOW_MS, false) })

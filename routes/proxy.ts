@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import type { Readable } from 'node:stream'
+import { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js'
@@ -87,6 +87,20 @@ function firstHeader (value: string | string[] | undefined): string | undefined 
   return Array.isArray(value) ? value[0] : value
 }
 
+/**
+ * What goes upstream, and its content type: the checked JSON (the client's bytes where they mean exactly
+ * that, lib/request-body.ts), or an upload rebuilt behind its checked fields, streaming the rest as it comes.
+ */
+function requestBody (request: FastifyRequest, analysis: RequestAnalysis): { body: Buffer | string | Readable | undefined, contentType: string | undefined } {
+  const endpoint = analysis.endpoint
+  if (endpoint.method !== 'POST') return { body: undefined, contentType: undefined }
+  if (endpoint.form === undefined) return { body: upstreamBody(analysis, request.oaiProxyRawBody), contentType: 'application/json' }
+  // A form endpoint's body was read by the form parser: without one, validation refused the request.
+  const upload = request.oaiProxyForm as NonNullable<FastifyRequest['oaiProxyForm']>
+  upload.forwarded = true
+  return upload.form.upstream(analysis.body as Record<string, unknown>)
+}
+
 function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: StreamGuard) {
   const { dispatcher, origin, basePath } = app.oaiProxyUpstream
   const keys = app.oaiProxyKeys
@@ -106,8 +120,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
       request.log.info({ rule: rule.id, endpoint: endpoint.id }, 'oai-proxy: output filtered')
     }
     const path = basePath + upstreamPath(endpoint, request.params as Record<string, string>)
-    // What was validated and filtered: the client's bytes where they mean exactly that (lib/request-body.ts).
-    const body = endpoint.method === 'POST' ? upstreamBody(analysis, request.oaiProxyRawBody) : undefined
+    const { body, contentType: bodyType } = requestBody(request, analysis)
 
     // A client that goes away aborts the upstream call, before or after its headers arrive.
     const abort = new UpstreamAbort()
@@ -123,12 +136,15 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
         throw proxyError('NO_UPSTREAM_KEYS', [], { headers: { 'x-should-retry': 'false' } })
       }
       tried.add(key.id)
-      const headers = upstreamRequestHeaders(request.headers, { key: key.key, organization: keys.organization, project: keys.project, userAgent: opts.userAgent }, body !== undefined)
+      const headers = upstreamRequestHeaders(request.headers, { key: key.key, organization: keys.organization, project: keys.project, userAgent: opts.userAgent }, bodyType)
 
       let res
       try {
         res = await upstreamRequest(dispatcher, { origin, path, method: endpoint.method, headers, body, signal: abort })
       } catch (err) {
+        // The upload itself failed on the way (a late field, a cap, the client left): that is the answer.
+        const refused = request.oaiProxyForm?.form.failure()
+        if (refused !== null && refused !== undefined) throw refused
         const code = errorCode(err)
         request.log.warn({ code, key: key.id, aborted: abort.aborted }, 'oai-proxy: upstream request failed')
         // Never connected: upstream cannot have billed anything, so a token reservation is refunded.
@@ -209,6 +225,8 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
       if (verdict.disable !== undefined) {
         keys.pool.disable(key.id, verdict.disable)
         request.log.warn({ key: key.id, reason: verdict.disable }, 'oai-proxy: upstream key taken out of rotation')
+        // An upload was read as it went: it cannot be sent again on the next key. The SDKs retry a 503.
+        if (body instanceof Readable) throw proxyError('UPSTREAM_KEY_FAILED', [], { headers: { 'retry-after': '0' } })
         continue
       }
       if (verdict.coolDownMs !== undefined) keys.pool.coolDown(key.id, verdict.coolDownMs)

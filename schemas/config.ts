@@ -53,6 +53,8 @@ export const OaiProxyOptionsSchema = Type.Object({
   bodyLimit: Type.Optional(Type.Integer({ minimum: 1024, maximum: 256 * 1024 * 1024 })),
   /** Request-body bytes held at once, over every request being read or served; past it a body is refused with 503 before it is read. Default 256 MiB; at least `bodyLimit`; 0 = no cap. */
   maxBodyBytesInFlight: Type.Optional(Type.Integer({ minimum: 0, maximum: 64 * 1024 * 1024 * 1024 })),
+  /** Largest upload (audio, images), per file and per request, below each endpoint's own cap from OpenAI's limits (audio 25 MiB, images 50 MiB each). Absent: those caps. */
+  maxUploadBytes: Type.Optional(Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024 })),
   /** Deepest JSON nesting accepted. Default 64. */
   maxJsonDepth: Type.Optional(Type.Integer({ minimum: 4, maximum: 1024 })),
   /** Time to connect to upstream. Default 10 s. */
@@ -120,6 +122,7 @@ export const EnvSchema = Type.Object({
   BODY_LIMIT: Int(1024, 256 * 1024 * 1024),
   MAX_BODY_BYTES_IN_FLIGHT: Int(0, 64 * 1024 * 1024 * 1024),
   MAX_JSON_DEPTH: Int(4, 1024),
+  MAX_UPLOAD_BYTES: Int(1024, 1024 * 1024 * 1024),
   HOST: Type.Optional(Type.String({ minLength: 1 })),
   PORT: Int(0, 65535),
   // A plain enum (not a union of literals) so a bad value gets one error line, not seven.

@@ -5,6 +5,11 @@ import {
   ModerationBodySchema, ResponseBodySchema
 } from './openai.js'
 import { CompactBodySchema, ImageGenerationBodySchema, InputTokensBodySchema, SpeechBodySchema } from './openai-media.js'
+import {
+  AUDIO_CAPS, IMAGE_EDIT_CAPS, IMAGE_VARIATION_CAPS, ImageEditFieldsSchema, ImageEditForm, ImageVariationFieldsSchema,
+  ImageVariationForm, NO_FILES, RealtimeCallFieldsSchema, RealtimeCallForm, TranscriptionFieldsSchema, TranscriptionForm,
+  TranslationFieldsSchema, TranslationForm, type FormSpec, type UploadCaps
+} from './openai-uploads.js'
 
 /**
  * The allowlist. One row per endpoint the proxy forwards; routes are generated from this table, and
@@ -29,7 +34,14 @@ export interface EndpointDefinition {
    * request that names no model is refused, because upstream's default is not known to be allowed (for
    * images it even depends on other parameters). Not required: an absent model passes (moderations).
    */
-  model?: { in: 'body' | 'params', required: boolean }
+  model?: { in: 'body' | 'params', required: boolean, under?: string }
+  /**
+   * The endpoint takes `multipart/form-data` instead of JSON: the parts it accepts and its file caps. `body`
+   * is then the schema of the text fields, read and typed (schemas/openai-uploads.ts).
+   */
+  form?: { spec: FormSpec, caps: UploadCaps }
+  /** Tokens reserved per MiB of upload (audio is billed by its length; token budgets settle from `usage`). */
+  uploadTokensPerMiB?: number
   /**
    * Output tokens reserved per output (times `n`) when the endpoint has no output-cap field (token budgets):
    * images are reserved at the most one GPT image costs (6,240 output tokens, high quality 1024x1536) and
@@ -69,6 +81,8 @@ export interface PromptFields {
 const inBody = { in: 'body', required: true } as const
 /** gpt-image-1 at high quality, 1024x1536 or 1536x1024: the most output tokens one image is billed. */
 const IMAGE_OUTPUT_TOKENS = 6240
+/** Audio input: ~1,000 tokens a minute, about a MiB of 128 kbit/s MP3 (denser codecs are settled from usage). */
+const AUDIO_TOKENS_PER_MIB = 1000
 
 export const endpoints: readonly EndpointDefinition[] = [
   { id: 'chat.completions', method: 'POST', path: '/chat/completions', body: ChatCompletionBodySchema, streams: true, outputCapFields: ['max_completion_tokens', 'max_tokens'], choiceFields: ['n'], model: inBody, storeDefault: 'off', replyShape: 'chat.completion', usage: 'stream-option', prompt: { text: ['messages', 'tools', 'functions', 'response_format', 'prediction'], notText: ['model', 'stream'] } },
@@ -83,6 +97,12 @@ export const endpoints: readonly EndpointDefinition[] = [
   { id: 'images.generations', method: 'POST', path: '/images/generations', body: ImageGenerationBodySchema, streams: true, outputCapFields: [], outputAllowance: IMAGE_OUTPUT_TOKENS, choiceFields: ['n'], model: inBody, usage: 'always', prompt: { text: ['prompt'], notText: ['model', 'n', 'stream', 'partial_images'] } },
   // Binary audio out (streamed through as it comes), or SSE with `stream_format: "sse"` (usage in its last event).
   { id: 'audio.speech', method: 'POST', path: '/audio/speech', body: SpeechBodySchema, streams: false, outputCapFields: [], model: inBody, usage: 'always', prompt: { text: ['input', 'instructions'], notText: ['model', 'stream_format'] } },
+  { id: 'audio.transcriptions', method: 'POST', path: '/audio/transcriptions', body: TranscriptionFieldsSchema, form: { spec: TranscriptionForm, caps: AUDIO_CAPS }, streams: true, outputCapFields: [], model: inBody, usage: 'always', uploadTokensPerMiB: AUDIO_TOKENS_PER_MIB, prompt: { text: ['prompt', 'known_speaker_names'], notText: ['model', 'language', 'response_format', 'temperature', 'stream', 'timestamp_granularities', 'include', 'chunking_strategy', 'known_speaker_references'] } },
+  { id: 'audio.translations', method: 'POST', path: '/audio/translations', body: TranslationFieldsSchema, form: { spec: TranslationForm, caps: AUDIO_CAPS }, streams: false, outputCapFields: [], model: inBody, usage: 'always', uploadTokensPerMiB: AUDIO_TOKENS_PER_MIB, prompt: { text: ['prompt'], notText: ['model', 'response_format', 'temperature'] } },
+  { id: 'images.edits', method: 'POST', path: '/images/edits', body: ImageEditFieldsSchema, form: { spec: ImageEditForm, caps: IMAGE_EDIT_CAPS }, streams: true, outputCapFields: [], outputAllowance: IMAGE_OUTPUT_TOKENS, choiceFields: ['n'], model: inBody, usage: 'always', prompt: { text: ['prompt'], notText: ['model', 'n', 'size', 'quality', 'response_format', 'output_format', 'output_compression', 'background', 'input_fidelity', 'partial_images', 'stream', 'user'] } },
+  { id: 'images.variations', method: 'POST', path: '/images/variations', body: ImageVariationFieldsSchema, form: { spec: ImageVariationForm, caps: IMAGE_VARIATION_CAPS }, streams: false, outputCapFields: [], outputAllowance: IMAGE_OUTPUT_TOKENS, choiceFields: ['n'], model: inBody, usage: 'always', prompt: { text: [], notText: ['model', 'n', 'response_format', 'size', 'user'] } },
+  // WebRTC: the SDP answer comes back and media then flows between the browser and OpenAI, past the proxy.
+  { id: 'realtime.calls', method: 'POST', path: '/realtime/calls', body: RealtimeCallFieldsSchema, form: { spec: RealtimeCallForm, caps: NO_FILES }, streams: false, outputCapFields: [], model: { in: 'body', required: true, under: 'session' }, prompt: { text: ['session'], notText: ['sdp'] } },
   { id: 'models.list', method: 'GET', path: '/models', streams: false, outputCapFields: [], prompt: null, rewritableResponse: 'model-list' },
   { id: 'models.retrieve', method: 'GET', path: '/models/:model', params: ModelParamsSchema, streams: false, outputCapFields: [], model: { in: 'params', required: true }, prompt: null }
 ]

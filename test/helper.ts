@@ -37,7 +37,8 @@ export function assertNoLeak (t: Test, text: string, secrets: readonly string[],
 const MODEL_ID = /^[A-Za-z0-9][A-Za-z0-9._:%-]{0,400}$/
 const ALLOWED = new Set([
   'POST /v1/chat/completions', 'POST /v1/completions', 'POST /v1/responses', 'POST /v1/embeddings', 'POST /v1/moderations', 'GET /v1/models',
-  'POST /v1/responses/compact', 'POST /v1/responses/input_tokens', 'POST /v1/images/generations', 'POST /v1/audio/speech'
+  'POST /v1/responses/compact', 'POST /v1/responses/input_tokens', 'POST /v1/images/generations', 'POST /v1/audio/speech',
+  'POST /v1/audio/transcriptions', 'POST /v1/audio/translations', 'POST /v1/images/edits', 'POST /v1/images/variations', 'POST /v1/realtime/calls'
 ])
 
 /** True when a request the upstream received is one of the allowlisted (method, path) pairs, with no query. */

@@ -25,7 +25,25 @@ const SERVED: Array<[RegExp, string]> = [
   [/^(?:\/v1)?\/embeddings$/, 'POST'],
   [/^(?:\/v1)?\/moderations$/, 'POST'],
   [/^(?:\/v1)?\/models$/, 'GET'],
-  [/^(?:\/v1)?\/models\/[^/]+$/, 'GET']
+  [/^(?:\/v1)?\/models\/[^/]+$/, 'GET'],
+  [/^(?:\/v1)?\/responses\/compact$/, 'POST'],
+  [/^(?:\/v1)?\/responses\/input_tokens$/, 'POST'],
+  [/^(?:\/v1)?\/images\/generations$/, 'POST'],
+  [/^(?:\/v1)?\/images\/edits$/, 'POST'],
+  [/^(?:\/v1)?\/images\/variations$/, 'POST'],
+  [/^(?:\/v1)?\/audio\/speech$/, 'POST'],
+  [/^(?:\/v1)?\/audio\/transcriptions$/, 'POST'],
+  [/^(?:\/v1)?\/audio\/translations$/, 'POST'],
+  [/^(?:\/v1)?\/realtime\/calls$/, 'POST']
+]
+
+/** The upload routes (multipart bodies: test/uploads.test.ts sends them; the JSON route tests skip them). */
+export const FORM_ROUTES: Array<{ method: 'POST', path: string }> = [
+  { method: 'POST', path: '/audio/transcriptions' },
+  { method: 'POST', path: '/audio/translations' },
+  { method: 'POST', path: '/images/edits' },
+  { method: 'POST', path: '/images/variations' },
+  { method: 'POST', path: '/realtime/calls' }
 ]
 
 /** The methods the proxy serves at this literal path (empty: the path is not ours, so 404). */

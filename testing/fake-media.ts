@@ -1,5 +1,5 @@
-import { deflateSync } from 'node:zlib'
 import { replyText } from './fake-responses.js'
+import { pngBytes } from './fake-uploads.js'
 
 /*
  * Default answers of the fake upstream for images, speech, token counting and compaction, shaped like
@@ -12,34 +12,7 @@ const created = () => Math.floor(Date.now() / 1000)
 const sse = (data: Json): string => `event: ${String(data.type)}\ndata: ${JSON.stringify(data)}\n\n`
 const words = (text: string): number => [...text.matchAll(/\S+/g)].length
 
-function crc32 (bytes: Buffer): number {
-  let c = ~0
-  for (const b of bytes) {
-    c ^= b
-    for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1))
-  }
-  return ~c >>> 0
-}
-
-function chunk (type: string, data: Buffer): Buffer {
-  const head = Buffer.alloc(8)
-  head.writeUInt32BE(data.length, 0)
-  head.write(type, 4, 'latin1')
-  const crc = Buffer.alloc(4)
-  crc.writeUInt32BE(crc32(Buffer.concat([head.subarray(4), data])), 0)
-  return Buffer.concat([head, data, crc])
-}
-
-/** A valid `size` x `size` grey RGB PNG. */
-export function tinyPng (size = 2): Buffer {
-  const ihdr = Buffer.alloc(13)
-  ihdr.writeUInt32BE(size, 0)
-  ihdr.writeUInt32BE(size, 4)
-  ihdr.set([8, 2, 0, 0, 0], 8)
-  const rows = Buffer.alloc((size * 3 + 1) * size, 0x80)
-  for (let y = 0; y < size; y++) rows[y * (size * 3 + 1)] = 0
-  return Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(rows)), chunk('IEND', Buffer.alloc(0))])
-}
+const tinyPng = (): Buffer => pngBytes(2, 2)
 
 const isGptImage = (body: Json): boolean => typeof body.model === 'string' && body.model.startsWith('gpt-image')
 const imageUsage = (body: Json, n: number) => ({ total_tokens: 9 + 272 * n, input_tokens: 9, output_tokens: 272 * n, input_tokens_details: { text_tokens: 9, image_tokens: 0 } })
@@ -91,4 +64,41 @@ export function compaction (body: Json): Json {
     output: [{ id: 'cmp_item_fake', type: 'compaction', encrypted_content: Buffer.from(replyText(body)).toString('base64') }],
     usage: { input_tokens: 20, output_tokens: 5, total_tokens: 25 }
   }
+}
+
+/** An upload's text fields as the JSON answers read them: one value each, `stream` and `n` typed, `session` parsed. */
+export function formFields (fields: Record<string, string[]>): Json {
+  const out: Json = {}
+  for (const [name, values] of Object.entries(fields)) out[name] = values[0]
+  if (out.stream !== undefined) out.stream = out.stream === 'true'
+  if (out.n !== undefined) out.n = Number(out.n)
+  if (typeof out.session === 'string') out.session = JSON.parse(out.session) as unknown
+  return out
+}
+
+interface UploadSeen { form?: { fields: Record<string, string[]>, files: Array<{ bytes: number, contentType: string }> } }
+
+function transcriptText (req: UploadSeen): string {
+  const file = req.form?.files[0]
+  const prompt = req.form?.fields.prompt?.[0]
+  return `Heard ${file?.bytes ?? 0} bytes of ${file?.contentType ?? 'nothing'}${prompt === undefined ? '' : `, told: ${prompt}`}`
+}
+
+/** Transcriptions report token usage (GPT-4o transcribe models); translations (whisper-1) report none. */
+export function transcript (req: UploadSeen, withUsage: boolean): Json {
+  const text = transcriptText(req)
+  return { text, ...(withUsage ? { usage: { type: 'tokens', input_tokens: 50, output_tokens: words(text), total_tokens: 50 + words(text) } } : {}) }
+}
+
+export function transcriptFrames (req: UploadSeen): string[] {
+  const text = transcriptText(req)
+  const frames = [...text.matchAll(/\S+\s*/g)].map((m) => sse({ type: 'transcript.text.delta', delta: m[0] }))
+  frames.push(sse({ type: 'transcript.text.done', text, usage: { type: 'tokens', input_tokens: 50, output_tokens: words(text), total_tokens: 50 + words(text) } }))
+  return frames
+}
+
+/** A WebRTC answer: enough SDP lines to look like one, naming the model the session asked for. */
+export function sdpAnswer (body: Json): string {
+  const model = String((body.session as Json | undefined)?.model ?? 'gpt-realtime')
+  return `v=0\r\no=- 4227147428 1719357865 IN IP4 127.0.0.1\r\ns=${model}\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=setup:active\r\n`
 }

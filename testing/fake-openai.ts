@@ -3,6 +3,7 @@ import { createServer as createHttpsServer } from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import * as R from './fake-responses.js'
 import * as M from './fake-media.js'
+import { readUploadedForm, type UploadRecord } from './fake-uploads.js'
 
 /*
  * A fake OpenAI API for tests, benchmarks and the no-key demo. It records every request it receives (raw
@@ -23,6 +24,8 @@ export interface RecordedRequest {
   abortedAt?: number
   /** Bytes of a scripted SSE stream handed to the socket so far (the stream waits when the reader is behind). */
   sseBytes: number
+  /** A multipart upload as it arrived (fields, and each file's size and hash: files are never held). */
+  form?: UploadRecord
 }
 
 export type Plan =
@@ -65,7 +68,7 @@ function defaultPlan (req: RecordedRequest, opts: FakeOpenAIOptions): Plan {
   if (opts.validKeys !== undefined && !opts.validKeys.includes(auth)) {
     return { kind: 'json', status: 401, body: R.errorBody(`Incorrect API key provided: ${mask(auth)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_request_error', 'invalid_api_key') }
   }
-  const body = (req.json ?? {}) as Record<string, unknown>
+  const body = (req.form === undefined ? req.json ?? {} : M.formFields(req.form.fields)) as Record<string, unknown>
   const path = req.url.replace(/\?.*$/s, '')
   const stream = body.stream === true
   const delayMs = opts.chunkDelayMs ?? 0
@@ -97,6 +100,15 @@ function defaultPlan (req: RecordedRequest, opts: FakeOpenAIOptions): Plan {
       return { kind: 'json', body: M.inputTokens(body) }
     case 'POST /v1/responses/compact':
       return { kind: 'json', body: M.compaction(body) }
+    case 'POST /v1/audio/transcriptions':
+      return stream ? { kind: 'sse', frames: M.transcriptFrames(req), delayMs } : { kind: 'json', body: M.transcript(req, true) }
+    case 'POST /v1/audio/translations':
+      return { kind: 'json', body: M.transcript(req, false) }
+    case 'POST /v1/images/edits':
+    case 'POST /v1/images/variations':
+      return stream ? { kind: 'sse', frames: M.imageFrames(body), delayMs } : { kind: 'json', body: M.images(body) }
+    case 'POST /v1/realtime/calls':
+      return { kind: 'raw', status: 201, headers: { 'content-type': 'application/sdp', location: '/v1/realtime/calls/rtc_fake123' }, body: M.sdpAnswer(body) }
   }
   const id = /^\/v1\/models\/([^/]+)$/.exec(path)?.[1]
   if (req.method === 'GET' && id !== undefined) {
@@ -167,21 +179,29 @@ export async function startFakeOpenAI (opts: FakeOpenAIOptions = {}): Promise<Fa
   let script: Script | undefined
   const sockets = new Set<Socket>()
 
+  const answer = (req: IncomingMessage, res: ServerResponse, body: Buffer, form?: UploadRecord): void => {
+    let json: unknown
+    try { json = body.length > 0 ? JSON.parse(body.toString('utf8')) : undefined } catch { json = undefined }
+    // A server-side request always has a method and a URL (Node types them optional for client use).
+    const record: RecordedRequest = { method: req.method as string, url: req.url as string, headers: req.headers, rawHeaders: req.rawHeaders, body, json, receivedAt: Date.now(), sseBytes: 0, ...(form === undefined ? {} : { form }) }
+    requests.push(record)
+    res.once('close', () => {
+      if (!res.writableFinished) record.abortedAt = Date.now()
+    })
+    play(script?.(record) ?? defaultPlan(record, opts), res, record).catch(() => res.destroy())
+  }
+
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    // Uploads are read as they stream (a 25 MB file is hashed, never held), then answered from their fields.
+    if (req.headers['content-type']?.startsWith('multipart/form-data') === true) {
+      readUploadedForm(req).then((form) => { answer(req, res, Buffer.alloc(0), form) }, () => {
+        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify(R.errorBody('Malformed multipart body.', 'invalid_request_error', null)))
+      })
+      return
+    }
     const chunks: Buffer[] = []
     req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
-      const body = Buffer.concat(chunks)
-      let json: unknown
-      try { json = body.length > 0 ? JSON.parse(body.toString('utf8')) : undefined } catch { json = undefined }
-      // A server-side request always has a method and a URL (Node types them optional for client use).
-      const record: RecordedRequest = { method: req.method as string, url: req.url as string, headers: req.headers, rawHeaders: req.rawHeaders, body, json, receivedAt: Date.now(), sseBytes: 0 }
-      requests.push(record)
-      res.once('close', () => {
-        if (!res.writableFinished) record.abortedAt = Date.now()
-      })
-      play(script?.(record) ?? defaultPlan(record, opts), res, record).catch(() => res.destroy())
-    })
+    req.on('end', () => { answer(req, res, Buffer.concat(chunks)) })
   }
 
   const server: Server = opts.tls === undefined ? createHttpServer(onRequest) : createHttpsServer(opts.tls, onRequest)
