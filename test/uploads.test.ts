@@ -164,3 +164,46 @@ proxyTest(t, 'a text field after file bytes already streaming cuts the upload: 4
   t.match(errorOf({ body }).message, /prompt/)
   t.equal(h.upstream.requests.length, 0, 'upstream saw no complete request')
 })
+
+proxyTest(t, 'an upload refused on a dead key is not replayed on the next one: 503 the SDKs retry, and the retry gets a live key', { keyCount: 2 }, async (h, t) => {
+  const dead = h.keys[0] as string
+  h.upstream.script((r) => (r.headers.authorization === `Bearer ${dead}` ? { kind: 'json', status: 401, body: { error: { message: `Incorrect API key provided: ${dead.slice(0, 8)}...`, type: 'invalid_request_error', param: null, code: 'invalid_api_key' } } } : undefined))
+  const parts: FormPart[] = [{ name: 'model', value: 'whisper-1' }, audioFile]
+  const first = await postForm(h, '/v1/audio/transcriptions', parts)
+  const second = await postForm(h, '/v1/audio/transcriptions', parts)
+  const [a, b] = [first, second].map((res) => res.statusCode).sort()
+  t.strictSame([a, b], [200, 503], 'one call met the dead key and could not be replayed; the other used the live one')
+  const failed = first.statusCode === 503 ? first : second
+  t.equal(errorOf(failed).code, 'upstream_key_failed')
+  t.equal(failed.headers['retry-after'], '0')
+  t.equal((await postForm(h, '/v1/audio/transcriptions', parts)).statusCode, 200, 'the dead key is out of rotation')
+  assertNoLeak(t, seenByClient(failed), h.secrets, 'the 503')
+})
+
+proxyTest(t, 'token budgets meter an upload by its declared size (or the cap when undeclared) and settle from usage', { listen: true, proxy: { rateLimit: { tokensPerMinute: 200_000 } } }, async (h, t) => {
+  const send = async (chunked: boolean) => {
+    const body = multipartBody([{ name: 'model', value: 'gpt-4o-transcribe' }, { name: 'file', filename: 'a.wav', contentType: 'audio/wav', data: wavBytes(1) }])
+    const res = await request(`${h.url}/v1/audio/transcriptions`, {
+      method: 'POST',
+      headers: { ...h.auth, 'content-type': formContentType() },
+      body: chunked ? (async function * () { yield body })() : body
+    })
+    const text = await res.body.text()
+    return { remaining: Number(res.headers['x-ratelimit-remaining-tokens']), text }
+  }
+  const declared = await send(false)
+  const reserved = 200_000 - declared.remaining
+  // 1,000 tokens for its one (partial) MiB, 1,024 default output, a few for the field strings.
+  t.ok(reserved >= 2024 && reserved < 2100, `a 32 KB upload with a length reserved ${reserved}`)
+  const usage = (JSON.parse(declared.text) as { usage: { total_tokens: number } }).usage.total_tokens
+  const undeclared = await send(true)
+  const second = 200_000 - usage - undeclared.remaining
+  t.ok(second >= 25 * 1000 + 1024 && second < 25 * 1000 + 1100, `without a length the 25 MiB cap is reserved: ${second}`)
+})
+
+proxyTest(t, 'a Location header that is not a call id never reaches the client', {}, async (h, t) => {
+  h.upstream.script(() => ({ kind: 'raw', status: 201, headers: { 'content-type': 'application/sdp', location: 'https://evil.example/v1/realtime/calls/rtc_1' }, body: 'v=0\r\n' }))
+  const res = await postForm(h, '/v1/realtime/calls', [{ name: 'sdp', value: 'v=0' }])
+  t.equal(res.statusCode, 201)
+  t.equal(res.headers.location, undefined)
+})
