@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { FastifyPluginAsync, FastifyRequest, onSendHookHandler } from 'fastify'
 import { proxyError } from '../errors.js'
 import { openForm, type FormLimits, type OpenedForm } from '../lib/multipart.js'
 import type { UploadCaps } from '../schemas/openai-uploads.js'
@@ -74,8 +74,9 @@ const formBody: FastifyPluginAsync<FormBodyOptions> = async (app, opts) => {
 
   // The answer is not the upstream's answer to this upload, or the upload failed on the way: the client may
   // still be sending it. Close the connection after the answer, and read the rest into nothing meanwhile
-  // (closing on unread bytes could reset the connection before the client reads the answer).
-  app.addHook('onSend', async (request, reply) => {
+  // (closing on unread bytes could reset the connection before the client reads the answer). Only on the
+  // upload routes: JSON routes pay nothing for it.
+  const release: onSendHookHandler = async (request, reply) => {
     const state = request.oaiProxyForm
     if (state === null || (state.forwarded && state.form.failure() === null)) return
     state.form.discard()
@@ -83,6 +84,10 @@ const formBody: FastifyPluginAsync<FormBodyOptions> = async (app, opts) => {
     // The body budget may have piped the socket into a counter (chunked bodies): take it back first.
     request.raw.unpipe()
     request.raw.resume()
+  }
+  app.addHook('onRoute', (route) => {
+    if (route.config?.oaiProxyEndpoint?.form === undefined) return
+    route.onSend = [release, ...[route.onSend ?? []].flat()]
   })
 }
 
