@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { Readable } from 'node:stream'
 import OpenAI, { toFile } from 'openai'
 import t from 'tap'
 import { request } from 'undici'
@@ -186,7 +187,7 @@ proxyTest(t, 'token budgets meter an upload by its declared size (or the cap whe
     const res = await request(`${h.url}/v1/audio/transcriptions`, {
       method: 'POST',
       headers: { ...h.auth, 'content-type': formContentType() },
-      body: chunked ? (async function * () { yield body })() : body
+      body: chunked ? Readable.from((async function * () { yield body })()) : body
     })
     const text = await res.body.text()
     return { remaining: Number(res.headers['x-ratelimit-remaining-tokens']), text }
