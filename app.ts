@@ -7,7 +7,7 @@ import errorHandler from './plugins/error-handler.js'
 import jsonBody from './plugins/json-body.js'
 import formBody from './plugins/form-body.js'
 import keyInjection from './plugins/key-injection.js'
-import promptFilter from './plugins/prompt-filter.js'
+import promptFilter, { DEFAULT_REJECT_MESSAGE } from './plugins/prompt-filter.js'
 import requestPolicy from './plugins/request-policy.js'
 import requestGuard from './plugins/request-guard.js'
 import upstream from './plugins/upstream.js'
@@ -17,6 +17,7 @@ import rateLimit from './plugins/rate-limit.js'
 import tokenBudget from './plugins/token-budget.js'
 import health from './routes/health.js'
 import proxyRoutes, { allowedMethods } from './routes/proxy.js'
+import realtimeRoute from './routes/realtime.js'
 import { OaiProxyOptionsSchema, type OaiProxyOptions } from './schemas/config.js'
 import { endpoints as allEndpoints } from './schemas/endpoints.js'
 import { normaliseUpstreamUrl } from './lib/upstream-url.js'
@@ -61,6 +62,11 @@ export function resolveOptions (opts: OaiProxyOptions) {
     endpoints: wanted === undefined ? allEndpoints : allEndpoints.filter((e) => wanted.includes(e.id)),
     unprefixedRoutes: opts.unprefixedRoutes ?? true,
     demo: opts.demo ?? false,
+    realtime: {
+      enabled: opts.realtime?.enabled ?? false,
+      maxFrameBytes: opts.realtime?.maxFrameBytes ?? 16 * 1024 * 1024,
+      idleTimeoutMs: opts.realtime?.idleTimeoutMs ?? 600_000
+    },
     rateLimit: {
       requestsPerWindow: opts.rateLimit?.requestsPerWindow ?? 0,
       windowMs: opts.rateLimit?.windowMs ?? 60_000,
@@ -133,6 +139,22 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
       streamLimits: { stallMs: opts.streamStallTimeoutMs, maxMs: opts.streamMaxDurationMs },
       output: outputRules(opts.outputFilter)
     })
+    if (opts.realtime.enabled) {
+      if (opts.outputFilter !== undefined) app.log.warn('oai-proxy: the output guardrail does not read Realtime sessions (docs/realtime.md)')
+      await pipeline.register(realtimeRoute, {
+        ...opts.realtime,
+        unprefixedRoutes: unprefixed,
+        maxDurationMs: opts.streamMaxDurationMs,
+        handshakeTimeoutMs: opts.upstreamConnectTimeoutMs,
+        ca: opts.upstreamCa,
+        userAgent: `oai-reverse-proxy/${VERSION}`,
+        maxJsonDepth: opts.maxJsonDepth,
+        policy: opts.policy ?? {},
+        filter: opts.filter === undefined ? null : { ...opts.filter, message: opts.filter.message ?? DEFAULT_REJECT_MESSAGE },
+        tokensPerMinute: limits.tokensPerMinute,
+        logPrompts: opts.logPrompts ?? false
+      })
+    }
   })
 }
 

@@ -3,6 +3,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { fingerprint } from '../lib/key-pool.js'
+import { subprotocolKey } from '../lib/realtime-upgrade.js'
 
 /**
  * A host app's own identity check (session, JWT, API token). Resolve to `{ id }` for a known caller (the id
@@ -65,7 +66,11 @@ export function clientKeys (proxyKeys: readonly string[]): { size: number, idOf:
   }
 }
 
-/** The presented key: `Authorization: Bearer`, else `x-api-key`, else `api-key`. Never the query string or a cookie. */
+/**
+ * The presented key: `Authorization: Bearer`, else `x-api-key`, else `api-key`, else (a Realtime handshake
+ * only: browsers cannot set headers on a WebSocket) the `openai-insecure-api-key.<key>` subprotocol, which
+ * lib/realtime-upgrade.ts holds only for handshakes on the realtime paths. Never the query string or a cookie.
+ */
 export function presentedKey (request: FastifyRequest): string | undefined {
   const auth = request.headers.authorization
   if (typeof auth === 'string' && auth.length > 0) {
@@ -78,7 +83,9 @@ export function presentedKey (request: FastifyRequest): string | undefined {
     // U+00A0 and other Unicode spaces, accepting a key the Authorization header refuses).
     if (typeof v === 'string' && v.length > 0) return /^[ \t]*([\x21-\x7e]+)[ \t]*$/.exec(v)?.[1] ?? ''
   }
-  return undefined
+  const offered = subprotocolKey(request.raw)
+  // '' (two key subprotocols) and anything outside the Bearer alphabet are presented but invalid.
+  return offered === undefined ? undefined : /^[\x21-\x7e]+$/.test(offered) ? offered : ''
 }
 
 /** Run the host's resolver; map its verdict onto the catalogue. */

@@ -151,6 +151,7 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     ...(env.STREAM_STALL_TIMEOUT_MS === undefined ? {} : { streamStallTimeoutMs: env.STREAM_STALL_TIMEOUT_MS }),
     ...(env.STREAM_MAX_DURATION_MS === undefined ? {} : { streamMaxDurationMs: env.STREAM_MAX_DURATION_MS }),
     ...(endpoints.length === 0 ? {} : { endpoints }),
+    ...(env.REALTIME === true ? { realtime: { enabled: true, ...(env.REALTIME_MAX_FRAME_BYTES === undefined ? {} : { maxFrameBytes: env.REALTIME_MAX_FRAME_BYTES }), ...(env.REALTIME_IDLE_TIMEOUT_MS === undefined ? {} : { idleTimeoutMs: env.REALTIME_IDLE_TIMEOUT_MS }) } } : {}),
     ...filterAndPolicy,
     ...(env.REDIS_URL === undefined ? {} : { redisUrl: env.REDIS_URL }),
     rateLimit: rateLimitFromEnv(env),

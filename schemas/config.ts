@@ -85,6 +85,15 @@ export const OaiProxyOptionsSchema = Type.Object({
   outputFilter: Type.Optional(OutputFilterOptionsSchema),
   /** Request policy: model allowlist, output-token and `n` caps, `store` forced off, stored-data and hosted-tool refusals (`schemas/request-policy.ts`). Applies with its defaults when absent. */
   policy: Type.Optional(RequestPolicyOptionsSchema),
+  /** The Realtime API over WebSocket, `GET /v1/realtime?model=…` (docs/realtime.md). Sessions last at most `streamMaxDurationMs`. */
+  realtime: Type.Optional(Type.Object({
+    /** Serve it. Default false: its audio is billed at a premium and the output guardrail cannot read it. */
+    enabled: Type.Optional(Type.Boolean()),
+    /** Largest WebSocket message either way, in bytes; a larger one closes the session with 1009. Default 16 MiB. */
+    maxFrameBytes: Type.Optional(Type.Integer({ minimum: 1024, maximum: 256 * 1024 * 1024 })),
+    /** Close a session whose client has sent nothing for this long (ms; 0 = never). Default 10 min. */
+    idleTimeoutMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 24 * 3600 * 1000 }))
+  }, { additionalProperties: false })),
   /** Log an excerpt of refused prompts. Default false: refusals are logged with rule and parameter only. */
   logPrompts: Type.Optional(Type.Boolean()),
   /**
@@ -140,6 +149,9 @@ export const EnvSchema = Type.Object({
   STREAM_MAX_DURATION_MS: Int(0, 7 * 24 * 3600 * 1000),
   SHUTDOWN_GRACE_MS: Int(0, 3600 * 1000),
   ENDPOINTS: Type.Optional(Type.String()),
+  REALTIME: Type.Optional(Type.Boolean()),
+  REALTIME_MAX_FRAME_BYTES: Int(1024, 256 * 1024 * 1024),
+  REALTIME_IDLE_TIMEOUT_MS: Int(0, 24 * 3600 * 1000),
   REDIS_URL: Type.Optional(Type.String({ minLength: 1 })),
   RATE_LIMIT_RPM: Int(0, 1e9),
   MODEL_RATE_LIMIT: Int(0, 1e9),

@@ -1,0 +1,80 @@
+import type { FastifyBaseLogger } from 'fastify'
+import { countScript, ruleSetFor, scriptMatcher, scriptOf, type RuleSet } from './filter-rules.js'
+import { yieldTurn } from './loop-budget.js'
+import type { ModerationClient } from './moderation.js'
+import { normaliseLong } from './normalise.js'
+import type { EventText } from './realtime-events.js'
+import { refusal, type Refusal } from './realtime-policy.js'
+import { firstMatch } from './rule-worker.js'
+import type { PromptFilterConfig } from '../schemas/prompt-filter.js'
+
+/*
+ * The prompt filter for Realtime events: the same compiled rule set (`ruleSetFor` shares it with the HTTP
+ * filter), the same normalisation and views, the same script rule, non-text refusal and moderation check,
+ * run on the text a client event carries (lib/realtime-events.ts `contentOf`). Events are small, so the
+ * rules run on the event loop (yielding between slices) rather than in the HTTP filter's worker thread.
+ */
+
+export interface RealtimeFilterOptions extends PromptFilterConfig {
+  /** What a refused client is told (the HTTP filter's message). */
+  message: string
+  /** The moderation client, when `moderation` is configured. */
+  moderationClient?: ModerationClient | undefined
+}
+
+export class RealtimeFilter {
+  readonly #opts: RealtimeFilterOptions
+  readonly #rules: RuleSet
+  readonly #scripts: RegExp | null
+  readonly #scriptNames: readonly string[]
+  readonly #message: string
+
+  constructor (opts: RealtimeFilterOptions) {
+    this.#opts = opts
+    this.#rules = ruleSetFor(opts.phrases, opts.patterns)
+    this.#scriptNames = opts.scripts ?? []
+    this.#scripts = scriptMatcher(this.#scriptNames)
+    this.#message = opts.message
+  }
+
+  /** The first rule the content breaks, or null. Throws nothing: a failed moderation call follows `failMode`. */
+  async check (content: { texts: readonly EventText[], media: readonly string[] }, log: FastifyBaseLogger): Promise<Refusal | null> {
+    const { texts, media } = content
+    if (this.#opts.nonText === 'reject' && media.length > 0) return refusal('NON_TEXT_NOT_ALLOWED', [], media[0] as string, 'non_text')
+    const first = texts[0]
+    if (first === undefined) return null
+    const blocked = (rule: string, param: string): Refusal => refusal('CONTENT_FILTER', [this.#message], param, rule)
+    if (this.#scripts !== null) {
+      const min = this.#opts.scriptMinChars ?? 1
+      let seen = 0
+      for (const t of texts) {
+        seen += countScript(this.#scripts, t.text, min - seen)
+        if (seen >= min) return blocked(`script:${scriptOf(this.#scriptNames, t.text, this.#scripts)}`, t.param)
+      }
+    }
+    if (this.#rules.size > 0) {
+      const each: string[] = []
+      for (const t of texts) {
+        await yieldTurn(t.text.length)
+        each.push(await normaliseLong(t.text))
+      }
+      // As the HTTP filter reads a prompt: every text on its own line, and the parts of one message glued.
+      const views = [each.join('\n')]
+      if (texts.some((t) => t.joinsPrevious)) views.push(texts.map((t, i) => (i > 0 && !t.joinsPrevious ? '\n' : '') + (each[i] as string)).join(''))
+      const hit = await firstMatch(this.#rules, null, views, log)
+      if (hit !== null) {
+        const at = await this.#rules.locate(hit, each)
+        // A match only across texts: the top-level parameter they share (as the HTTP filter answers).
+        return blocked(hit.id, texts[at]?.param ?? (first.param.split(/[.[]/)[0] as string))
+      }
+    }
+    const moderation = this.#opts.moderationClient
+    if (moderation === undefined) return null
+    const verdict = await moderation.check(texts.map((t) => t.text).join('\n'), log)
+    if (!verdict.ok) {
+      log.warn({ reason: verdict.reason, failMode: this.#opts.moderation?.failMode }, 'oai-proxy: moderation unavailable')
+      return this.#opts.moderation?.failMode === 'open' ? null : refusal('FILTER_UNAVAILABLE', [], null, 'moderation_unavailable')
+    }
+    return verdict.flagged ? blocked('moderation', first.param) : null
+  }
+}

@@ -1,0 +1,208 @@
+import type { Socket } from 'node:net'
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import { WebSocketServer, type WebSocket } from 'ws'
+import { proxyError } from '../errors.js'
+import { retryHeaders } from '../lib/durations.js'
+import { upstreamRequestHeaders } from '../lib/headers.js'
+import { ModerationClient } from '../lib/moderation.js'
+import { redactText } from '../lib/redact.js'
+import { contentOf, errorEvent, parseClientEvent, upstreamEvent, type ClientEvent } from '../lib/realtime-events.js'
+import { RealtimeFilter, type RealtimeFilterOptions } from '../lib/realtime-filter.js'
+import { checkSettings, modelAllowed, refusal, type Refusal } from '../lib/realtime-policy.js'
+import { Relay, type Verdict } from '../lib/realtime-relay.js'
+import { connectUpstream } from '../lib/realtime-upstream.js'
+import { listenForUpgrades, takeUpgrade } from '../lib/realtime-upgrade.js'
+import { limitKey } from '../plugins/rate-limit.js'
+import type { RequestPolicyConfig } from '../schemas/request-policy.js'
+
+export interface RealtimeRouteOptions {
+  /** Serve `/realtime` as well as `/v1/realtime`. */
+  unprefixedRoutes: boolean
+  /** Largest message either way, in bytes; a larger one closes the session with 1009. */
+  maxFrameBytes: number
+  /** Close a session whose client sent nothing for this long (ms; 0 = never). */
+  idleTimeoutMs: number
+  /** Longest session (ms; 0 = no cap). */
+  maxDurationMs: number
+  /** Time to open the upstream WebSocket (TCP, TLS and its answer). */
+  handshakeTimeoutMs: number
+  /** Extra CA certificate(s) for the upstream TLS connection. */
+  ca?: string | undefined
+  userAgent: string
+  maxJsonDepth: number
+  policy: RequestPolicyConfig
+  /** The prompt filter's options (null: off). */
+  filter: Omit<RealtimeFilterOptions, 'moderationClient'> | null
+  tokensPerMinute: number
+  logPrompts: boolean
+}
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The Realtime WebSocket route (routes/realtime.ts). */
+    oaiProxyRealtime?: boolean
+  }
+}
+
+const MODEL_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$/
+/** Subprotocols a client may offer besides its key: the one we answer with, and the beta flag (a header upstream). */
+const PROTOCOLS = ['realtime', 'openai-beta.realtime-v1']
+/** Upstream handshake headers: our credentials and identity, and the client's vetted `OpenAI-Beta`. Nothing else of the client's. */
+const UPSTREAM_HEADERS = ['authorization', 'user-agent', 'openai-organization', 'openai-project', 'openai-beta']
+/** Bytes waiting to be written to one side before the other side is no longer read. */
+const HIGH_WATER_BYTES = 1024 * 1024
+const TPM_WINDOW_MS = 60_000
+
+/**
+ * `GET /v1/realtime?model=…`: the Realtime API over WebSocket. The handshake is an ordinary request of the
+ * pipeline (lib/realtime-upgrade.ts); once it is admitted, upstream is opened with a pool key, then the
+ * client's handshake is answered and the two are relayed (lib/realtime-relay.ts), every client event
+ * checked against the model allowlist, the tool and stored-prompt rules and the prompt filter, every
+ * upstream event redacted and its usage charged to the client's token budget. See docs/realtime.md.
+ */
+const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts) => {
+  const { origin, basePath } = app.oaiProxyUpstream
+  const keys = app.oaiProxyKeys
+  const { store } = app.oaiProxyLimits
+  const upstreamUrl = `${origin.replace(/^http/, 'ws')}${basePath}/v1/realtime`
+  const filter = opts.filter === null
+    ? null
+    : new RealtimeFilter({
+      ...opts.filter,
+      moderationClient: opts.filter.moderation === undefined
+        ? undefined
+        : new ModerationClient(app.oaiProxyUpstream, keys, { model: opts.filter.moderation.model ?? 'omni-moderation-latest', timeoutMs: opts.filter.moderation.timeoutMs ?? 10_000, cacheSize: opts.filter.moderation.cacheSize ?? 10_000, cacheTtlMs: opts.filter.moderation.cacheTtlMs ?? 3600_000, userAgent: opts.userAgent })
+    })
+  const wss = new WebSocketServer({ noServer: true, clientTracking: false, perMessageDeflate: false, maxPayload: opts.maxFrameBytes, handleProtocols: (offered) => PROTOCOLS.find((p) => offered.has(p)) ?? false })
+  const sessions = new Set<Relay>()
+  const routes = ['/v1/realtime', ...(opts.unprefixedRoutes ? ['/realtime'] : [])]
+  // A handshake gets as long in the pipeline as upstream gets to answer: one stuck in a hook is cut.
+  const stop = listenForUpgrades(app.server, new Set(routes.map((r) => app.prefix + r)), (req, res) => app.routing(req, res), 2 * opts.handshakeTimeoutMs)
+  app.addHook('preClose', async () => {
+    stop()
+    for (const s of sessions) s.close('shutdown', 1001, 'server shutting down')
+    await Promise.all([...sessions].map(async (s) => await s.done))
+  })
+
+  /** After auth and limits, before the concurrency slot: the query names one allowed model. */
+  async function checkQuery (request: FastifyRequest): Promise<void> {
+    const model = (request.query as Record<string, unknown>).model
+    if (typeof model !== 'string' || !MODEL_ID.test(model)) throw proxyError('INVALID_QUERY', ['model: name one model, e.g. ?model=gpt-realtime'], { param: 'model' })
+    if (!modelAllowed(opts.policy, model)) {
+      request.log.info({ rule: 'allowed_models', param: 'model' }, 'oai-proxy: request refused by policy')
+      throw proxyError('MODEL_NOT_ALLOWED', [], { param: 'model' })
+    }
+  }
+
+  const budgetRefusal = (used: number, resetMs: number): Refusal & { resetMs: number } => ({
+    ...refusal('TOKENS_LIMITED', [`Rate limit reached on tokens per min (TPM): Limit ${opts.tokensPerMinute}, Used ${used}. Please try again in ${Math.ceil(resetMs / 1000)}s.`], null, 'tokens_per_minute'),
+    resetMs
+  })
+
+  /** A session cannot reserve tokens ahead (nothing says how long it will talk): it starts only with budget left. */
+  async function admitTokens (request: FastifyRequest): Promise<void> {
+    if (opts.tokensPerMinute <= 0) return
+    const grant = await store.reserveTokens(limitKey(request), 0, opts.tokensPerMinute, TPM_WINDOW_MS)
+    if (grant.used >= opts.tokensPerMinute) {
+      const r = budgetRefusal(grant.used, grant.resetMs)
+      throw proxyError('TOKENS_LIMITED', [r.message], { headers: retryHeaders(grant.resetMs) })
+    }
+  }
+
+  async function handler (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
+    const up = takeUpgrade(request.raw)
+    if (up === undefined) throw proxyError('UPGRADE_REQUIRED', [], { headers: { upgrade: 'websocket' } })
+    const model = (request.query as { model: string }).model
+    const offered = new Set(String(request.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim()))
+    const connected = await connectUpstream({
+      url: `${upstreamUrl}?${new URLSearchParams({ model }).toString()}`,
+      pool: keys.pool,
+      secrets: keys.secrets,
+      headers: (key) => {
+        const all = upstreamRequestHeaders(request.headers, { key, organization: keys.organization, project: keys.project, userAgent: opts.userAgent }, undefined)
+        const picked = Object.fromEntries(Object.entries(all).filter(([name]) => UPSTREAM_HEADERS.includes(name)))
+        // The browser client's way of saying `OpenAI-Beta: realtime=v1`.
+        if (picked['openai-beta'] === undefined && offered.has('openai-beta.realtime-v1')) picked['openai-beta'] = 'realtime=v1'
+        return picked
+      },
+      timeoutMs: opts.handshakeTimeoutMs,
+      ws: { perMessageDeflate: false, maxPayload: opts.maxFrameBytes, ...(opts.ca === undefined ? {} : { ca: opts.ca }) },
+      log: request.log
+    })
+    if ('answer' in connected) return reply.code(connected.answer.status).headers(connected.answer.headers).type('application/json').send(connected.answer.body)
+    const upstream = connected.ws
+    let upgraded = false
+    // ws refuses a malformed handshake (bad key or version) by answering 400 and closing: upstream goes too.
+    up.socket.once('close', () => { if (!upgraded) upstream.terminate() })
+    reply.hijack()
+    wss.handleUpgrade(request.raw, up.socket, up.head, (client) => {
+      upgraded = true
+      // From here the session, not the socket, ends the request: the concurrency slot is held until both
+      // sides have closed (the 'close' emitted when the relay ends).
+      reply.raw.detachSocket(up.socket as Socket)
+      relay(request, reply, client, upstream, connected.keyId, model)
+    })
+  }
+
+  function relay (request: FastifyRequest, reply: FastifyReply, client: WebSocket, upstream: WebSocket, keyId: string, model: string): void {
+    const who = limitKey(request)
+    let tokens = 0
+    let blocked: (Refusal & { resetMs: number }) | null = null
+    let blockedUntil = 0
+
+    async function fromClient (data: Buffer, binary: boolean): Promise<Verdict> {
+      const parsed = parseClientEvent(data, binary, opts.maxJsonDepth)
+      if ('refused' in parsed) return { answer: errorEvent({ type: 'invalid_request_error', code: 'invalid_event', message: parsed.refused, param: null }, undefined) }
+      const event = parsed.event
+      const content = filter === null ? null : contentOf(event)
+      const over = event.type === 'response.create' && Date.now() < blockedUntil ? blocked : null
+      const refused = checkSettings(opts.policy, event) ?? over ?? (content === null ? null : await (filter as RealtimeFilter).check(content, request.log))
+      if (refused === null) return { forward: data }
+      logRefusal(request, event, refused, content)
+      return { answer: errorEvent(refused, event.event_id) }
+    }
+
+    /** Usage is charged as it is reported; once the window is spent, `response.create` is refused until it resets. */
+    function charge (usage: number): void {
+      tokens += usage
+      if (opts.tokensPerMinute <= 0) return
+      // The limit only decides admission; tokens already used are recorded whatever it is.
+      store.reserveTokens(who, usage, Number.MAX_SAFE_INTEGER, TPM_WINDOW_MS).then((grant) => {
+        if (grant.used < opts.tokensPerMinute) return
+        blocked = budgetRefusal(grant.used, grant.resetMs)
+        blockedUntil = Date.now() + grant.resetMs
+      }, (err: unknown) => request.log.warn({ err }, 'oai-proxy: realtime usage not recorded'))
+    }
+
+    const session = new Relay(client, upstream, {
+      idleTimeoutMs: opts.idleTimeoutMs,
+      maxDurationMs: opts.maxDurationMs,
+      highWaterBytes: HIGH_WATER_BYTES,
+      closeGraceMs: 1000,
+      fromClient,
+      fromUpstream: (data) => {
+        const { out, usage } = upstreamEvent(data, keys.secrets)
+        if (usage !== null) charge(usage)
+        return out
+      },
+      closeReason: (reason) => redactText(reason, keys.secrets)
+    })
+    sessions.add(session)
+    session.done.then((end) => {
+      sessions.delete(session)
+      request.log.info({ client: who, key: keyId, model, ms: end.ms, framesIn: end.framesIn, framesOut: end.framesOut, clientCode: end.clientCode, upstreamCode: end.upstreamCode, cause: end.cause, tokens }, 'oai-proxy: realtime session ended')
+      reply.raw.emit('close')
+    }, () => {})
+  }
+
+  function logRefusal (request: FastifyRequest, event: ClientEvent, r: Refusal, content: ReturnType<typeof contentOf> | null): void {
+    const text = opts.logPrompts ? content?.texts.find((t) => t.param === r.param)?.text.slice(0, 500) : undefined
+    request.log.info({ rule: r.rule, param: r.param, event: event.type, ...(text === undefined ? {} : { prompt: text }) }, 'oai-proxy: realtime event refused')
+  }
+
+  for (const url of routes) {
+    app.get(url, { exposeHeadRoute: false, config: { oaiProxyRealtime: true }, onRequest: checkQuery, preHandler: admitTokens }, handler)
+  }
+}
+
+export default realtimeRoute
