@@ -152,7 +152,8 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
         policy: opts.policy ?? {},
         filter: opts.filter === undefined ? null : { ...opts.filter, message: opts.filter.message ?? DEFAULT_REJECT_MESSAGE },
         tokensPerMinute: limits.tokensPerMinute,
-        logPrompts: opts.logPrompts ?? false
+        logPrompts: opts.logPrompts ?? false,
+        origins: opts.cors?.origins ?? []
       })
     }
   })

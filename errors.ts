@@ -22,6 +22,7 @@ const catalogue = {
   INVALID_BODY: { status: 400, type: 'invalid_request_error', code: 'invalid_request_body', message: 'Invalid request: %s' },
   INVALID_PARAM: { status: 400, type: 'invalid_request_error', code: 'invalid_value', message: 'Invalid path parameter: %s' },
   INVALID_QUERY: { status: 400, type: 'invalid_request_error', code: 'invalid_value', message: 'Invalid query parameter: %s' },
+  ORIGIN_NOT_ALLOWED: { status: 403, type: 'invalid_request_error', code: 'origin_not_allowed', message: 'Pages from this origin may not open Realtime sessions on this proxy.' },
   UPGRADE_REQUIRED: { status: 426, type: 'invalid_request_error', code: 'upgrade_required', message: 'This endpoint is a WebSocket: open it with a WebSocket client (the openai SDK: OpenAIRealtimeWS, or OpenAIRealtimeWebSocket in a browser).' },
   BAD_REQUEST: { status: 400, type: 'invalid_request_error', code: 'bad_request', message: 'The request was malformed.' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, type: 'invalid_request_error', code: 'unsupported_media_type', message: "Unsupported content type or encoding. Send 'Content-Type: application/json' (UTF-8, not compressed)." },

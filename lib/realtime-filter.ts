@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { countScript, ruleSetFor, scriptMatcher, scriptOf, type RuleSet } from './filter-rules.js'
 import { yieldTurn } from './loop-budget.js'
-import type { ModerationClient } from './moderation.js'
+import { ModerationClient } from './moderation.js'
 import { normaliseLong } from './normalise.js'
 import type { EventText } from './realtime-events.js'
 import { refusal, type Refusal } from './realtime-policy.js'
@@ -18,8 +18,13 @@ import type { PromptFilterConfig } from '../schemas/prompt-filter.js'
 export interface RealtimeFilterOptions extends PromptFilterConfig {
   /** What a refused client is told (the HTTP filter's message). */
   message: string
-  /** The moderation client, when `moderation` is configured. */
-  moderationClient?: ModerationClient | undefined
+}
+
+/** What the moderation call needs: the upstream agent and key pool (as the HTTP filter's), and our User-Agent. */
+export interface ModerationAccess {
+  upstream: ConstructorParameters<typeof ModerationClient>[0]
+  keys: ConstructorParameters<typeof ModerationClient>[1]
+  userAgent: string
 }
 
 export class RealtimeFilter {
@@ -28,13 +33,19 @@ export class RealtimeFilter {
   readonly #scripts: RegExp | null
   readonly #scriptNames: readonly string[]
   readonly #message: string
+  readonly #moderation: ModerationClient | undefined
 
-  constructor (opts: RealtimeFilterOptions) {
+  constructor (opts: RealtimeFilterOptions, access: ModerationAccess) {
     this.#opts = opts
     this.#rules = ruleSetFor(opts.phrases, opts.patterns)
     this.#scriptNames = opts.scripts ?? []
     this.#scripts = scriptMatcher(this.#scriptNames)
     this.#message = opts.message
+    const m = opts.moderation
+    // The HTTP filter's defaults (plugins/prompt-filter.ts); a cache of its own.
+    this.#moderation = m === undefined
+      ? undefined
+      : new ModerationClient(access.upstream, access.keys, { model: m.model ?? 'omni-moderation-latest', timeoutMs: m.timeoutMs ?? 10_000, cacheSize: m.cacheSize ?? 10_000, cacheTtlMs: m.cacheTtlMs ?? 3600_000, userAgent: access.userAgent })
   }
 
   /** The first rule the content breaks, or null. Throws nothing: a failed moderation call follows `failMode`. */
@@ -68,7 +79,7 @@ export class RealtimeFilter {
         return blocked(hit.id, texts[at]?.param ?? (first.param.split(/[.[]/)[0] as string))
       }
     }
-    const moderation = this.#opts.moderationClient
+    const moderation = this.#moderation
     if (moderation === undefined) return null
     const verdict = await moderation.check(texts.map((t) => t.text).join('\n'), log)
     if (!verdict.ok) {

@@ -4,12 +4,12 @@ import { WebSocketServer, type WebSocket } from 'ws'
 import { proxyError } from '../errors.js'
 import { retryHeaders } from '../lib/durations.js'
 import { upstreamRequestHeaders } from '../lib/headers.js'
-import { ModerationClient } from '../lib/moderation.js'
+import { compileOrigins } from '../lib/origins.js'
 import { redactText } from '../lib/redact.js'
-import { contentOf, errorEvent, parseClientEvent, upstreamEvent, type ClientEvent } from '../lib/realtime-events.js'
 import { RealtimeFilter, type RealtimeFilterOptions } from '../lib/realtime-filter.js'
-import { checkSettings, modelAllowed, refusal, type Refusal } from '../lib/realtime-policy.js'
-import { Relay, type Verdict } from '../lib/realtime-relay.js'
+import { modelAllowed } from '../lib/realtime-policy.js'
+import { Relay } from '../lib/realtime-relay.js'
+import { budgetRefusal, SessionEvents, TPM_WINDOW_MS } from '../lib/realtime-session.js'
 import { connectUpstream } from '../lib/realtime-upstream.js'
 import { listenForUpgrades, takeUpgrade } from '../lib/realtime-upgrade.js'
 import { limitKey } from '../plugins/rate-limit.js'
@@ -32,7 +32,9 @@ export interface RealtimeRouteOptions {
   maxJsonDepth: number
   policy: RequestPolicyConfig
   /** The prompt filter's options (null: off). */
-  filter: Omit<RealtimeFilterOptions, 'moderationClient'> | null
+  filter: RealtimeFilterOptions | null
+  /** Browser origins allowed (the CORS list): a handshake from any other page is refused. */
+  origins: readonly string[]
   tokensPerMinute: number
   logPrompts: boolean
 }
@@ -51,7 +53,6 @@ const PROTOCOLS = ['realtime', 'openai-beta.realtime-v1']
 const UPSTREAM_HEADERS = ['authorization', 'user-agent', 'openai-organization', 'openai-project', 'openai-beta']
 /** Bytes waiting to be written to one side before the other side is no longer read. */
 const HIGH_WATER_BYTES = 1024 * 1024
-const TPM_WINDOW_MS = 60_000
 
 /**
  * `GET /v1/realtime?model=…`: the Realtime API over WebSocket. The handshake is an ordinary request of the
@@ -65,14 +66,7 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
   const keys = app.oaiProxyKeys
   const { store } = app.oaiProxyLimits
   const upstreamUrl = `${origin.replace(/^http/, 'ws')}${basePath}/v1/realtime`
-  const filter = opts.filter === null
-    ? null
-    : new RealtimeFilter({
-      ...opts.filter,
-      moderationClient: opts.filter.moderation === undefined
-        ? undefined
-        : new ModerationClient(app.oaiProxyUpstream, keys, { model: opts.filter.moderation.model ?? 'omni-moderation-latest', timeoutMs: opts.filter.moderation.timeoutMs ?? 10_000, cacheSize: opts.filter.moderation.cacheSize ?? 10_000, cacheTtlMs: opts.filter.moderation.cacheTtlMs ?? 3600_000, userAgent: opts.userAgent })
-    })
+  const filter = opts.filter === null ? null : new RealtimeFilter(opts.filter, { upstream: app.oaiProxyUpstream, keys, userAgent: opts.userAgent })
   const wss = new WebSocketServer({ noServer: true, clientTracking: false, perMessageDeflate: false, maxPayload: opts.maxFrameBytes, handleProtocols: (offered) => PROTOCOLS.find((p) => offered.has(p)) ?? false })
   const sessions = new Set<Relay>()
   const routes = ['/v1/realtime', ...(opts.unprefixedRoutes ? ['/realtime'] : [])]
@@ -84,8 +78,16 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
     await Promise.all([...sessions].map(async (s) => await s.done))
   })
 
-  /** After auth and limits, before the concurrency slot: the query names one allowed model. */
-  async function checkQuery (request: FastifyRequest): Promise<void> {
+  const originAllowed = compileOrigins(opts.origins)
+
+  /**
+   * After auth and limits, before the concurrency slot: a browser page's origin is one CORS allows (a
+   * WebSocket is not subject to CORS, and a host's cookie-based `resolveClient` would otherwise let any site
+   * open sessions as its visitors), and the query names one allowed model.
+   */
+  async function checkHandshake (request: FastifyRequest): Promise<void> {
+    const origin = request.headers.origin
+    if (origin !== undefined && !originAllowed(origin)) throw proxyError('ORIGIN_NOT_ALLOWED')
     const model = (request.query as Record<string, unknown>).model
     if (typeof model !== 'string' || !MODEL_ID.test(model)) throw proxyError('INVALID_QUERY', ['model: name one model, e.g. ?model=gpt-realtime'], { param: 'model' })
     if (!modelAllowed(opts.policy, model)) {
@@ -94,17 +96,12 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
     }
   }
 
-  const budgetRefusal = (used: number, resetMs: number): Refusal & { resetMs: number } => ({
-    ...refusal('TOKENS_LIMITED', [`Rate limit reached on tokens per min (TPM): Limit ${opts.tokensPerMinute}, Used ${used}. Please try again in ${Math.ceil(resetMs / 1000)}s.`], null, 'tokens_per_minute'),
-    resetMs
-  })
-
   /** A session cannot reserve tokens ahead (nothing says how long it will talk): it starts only with budget left. */
   async function admitTokens (request: FastifyRequest): Promise<void> {
     if (opts.tokensPerMinute <= 0) return
     const grant = await store.reserveTokens(limitKey(request), 0, opts.tokensPerMinute, TPM_WINDOW_MS)
     if (grant.used >= opts.tokensPerMinute) {
-      const r = budgetRefusal(grant.used, grant.resetMs)
+      const r = budgetRefusal(opts.tokensPerMinute, grant.used, grant.resetMs)
       throw proxyError('TOKENS_LIMITED', [r.message], { headers: retryHeaders(grant.resetMs) })
     }
   }
@@ -146,62 +143,26 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
 
   function relay (request: FastifyRequest, reply: FastifyReply, client: WebSocket, upstream: WebSocket, keyId: string, model: string): void {
     const who = limitKey(request)
-    let tokens = 0
-    let blocked: (Refusal & { resetMs: number }) | null = null
-    let blockedUntil = 0
-
-    async function fromClient (data: Buffer, binary: boolean): Promise<Verdict> {
-      const parsed = parseClientEvent(data, binary, opts.maxJsonDepth)
-      if ('refused' in parsed) return { answer: errorEvent({ type: 'invalid_request_error', code: 'invalid_event', message: parsed.refused, param: null }, undefined) }
-      const event = parsed.event
-      const content = filter === null ? null : contentOf(event)
-      const over = event.type === 'response.create' && Date.now() < blockedUntil ? blocked : null
-      const refused = checkSettings(opts.policy, event) ?? over ?? (content === null ? null : await (filter as RealtimeFilter).check(content, request.log))
-      if (refused === null) return { forward: data }
-      logRefusal(request, event, refused, content)
-      return { answer: errorEvent(refused, event.event_id) }
-    }
-
-    /** Usage is charged as it is reported; once the window is spent, `response.create` is refused until it resets. */
-    function charge (usage: number): void {
-      tokens += usage
-      if (opts.tokensPerMinute <= 0) return
-      // The limit only decides admission; tokens already used are recorded whatever it is.
-      store.reserveTokens(who, usage, Number.MAX_SAFE_INTEGER, TPM_WINDOW_MS).then((grant) => {
-        if (grant.used < opts.tokensPerMinute) return
-        blocked = budgetRefusal(grant.used, grant.resetMs)
-        blockedUntil = Date.now() + grant.resetMs
-      }, (err: unknown) => request.log.warn({ err }, 'oai-proxy: realtime usage not recorded'))
-    }
-
+    const events = new SessionEvents({ policy: opts.policy, filter, maxJsonDepth: opts.maxJsonDepth, logPrompts: opts.logPrompts, secrets: keys.secrets, tokensPerMinute: opts.tokensPerMinute, store, client: who, log: request.log })
     const session = new Relay(client, upstream, {
       idleTimeoutMs: opts.idleTimeoutMs,
       maxDurationMs: opts.maxDurationMs,
       highWaterBytes: HIGH_WATER_BYTES,
       closeGraceMs: 1000,
-      fromClient,
-      fromUpstream: (data) => {
-        const { out, usage } = upstreamEvent(data, keys.secrets)
-        if (usage !== null) charge(usage)
-        return out
-      },
+      fromClient: events.fromClient,
+      fromUpstream: events.fromUpstream,
       closeReason: (reason) => redactText(reason, keys.secrets)
     })
     sessions.add(session)
     session.done.then((end) => {
       sessions.delete(session)
-      request.log.info({ client: who, key: keyId, model, ms: end.ms, framesIn: end.framesIn, framesOut: end.framesOut, clientCode: end.clientCode, upstreamCode: end.upstreamCode, cause: end.cause, tokens }, 'oai-proxy: realtime session ended')
+      request.log.info({ client: who, key: keyId, model, ms: end.ms, framesIn: end.framesIn, framesOut: end.framesOut, clientCode: end.clientCode, upstreamCode: end.upstreamCode, cause: end.cause, tokens: events.tokens }, 'oai-proxy: realtime session ended')
       reply.raw.emit('close')
     }, () => {})
   }
 
-  function logRefusal (request: FastifyRequest, event: ClientEvent, r: Refusal, content: ReturnType<typeof contentOf> | null): void {
-    const text = opts.logPrompts ? content?.texts.find((t) => t.param === r.param)?.text.slice(0, 500) : undefined
-    request.log.info({ rule: r.rule, param: r.param, event: event.type, ...(text === undefined ? {} : { prompt: text }) }, 'oai-proxy: realtime event refused')
-  }
-
   for (const url of routes) {
-    app.get(url, { exposeHeadRoute: false, config: { oaiProxyRealtime: true }, onRequest: checkQuery, preHandler: admitTokens }, handler)
+    app.get(url, { exposeHeadRoute: false, config: { oaiProxyRealtime: true }, onRequest: checkHandshake, preHandler: admitTokens }, handler)
   }
 }
 

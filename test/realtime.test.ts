@@ -37,7 +37,7 @@ async function received (h: RtHarness, count: number): Promise<string[]> {
 
 rtTest(t, 'a server client with a Bearer proxy key: the key is swapped, the session runs, nothing leaks', {}, async (h, t) => {
   const c = await open(t, h.wsUrl, {
-    headers: { ...bearer(h), 'openai-beta': 'realtime=v1', cookie: 'session=abc', 'x-forwarded-for': '1.2.3.4', 'x-api-key': 'sk-other', 'openai-organization': 'org-evil123456', origin: 'https://evil.example', 'x-custom': '1' }
+    headers: { ...bearer(h), 'openai-beta': 'realtime=v1', cookie: 'session=abc', 'x-forwarded-for': '1.2.3.4', 'x-api-key': 'sk-other', 'openai-organization': 'org-evil123456', 'x-custom': '1' }
   })
   t.equal((await c.next('session.created')).type, 'session.created', 'upstream spoke first and nothing was lost')
   c.send({ type: 'session.update', event_id: 'evt_1', session: { type: 'realtime', instructions: 'Be brief.' } })
@@ -78,6 +78,25 @@ rtTest(t, 'a browser client: the key as a subprotocol, never selected, never for
   await t.rejects(open(t, url, { protocols: [`openai-insecure-api-key.${h.proxyKey}`] }), /Server sent no subprotocol/)
   await t.rejects(open(t, url, { protocols: ['chat', `openai-insecure-api-key.${h.proxyKey}`] }), /Server sent no subprotocol/)
   t.notOk(h.logs.join('').includes('openai-insecure-api-key'), 'the subprotocol is not in the logs')
+})
+
+rtTest(t, 'browser pages: only from an origin CORS allows (WebSockets are not subject to CORS)', { proxy: { cors: { origins: ['https://app.example'] } } }, async (h, t) => {
+  const key = `openai-insecure-api-key.${h.proxyKey}`
+  const ok = await open(t, h.wsUrl, { protocols: ['realtime', key], headers: { origin: 'https://app.example' } })
+  await ok.next('session.created')
+  for (const origin of ['https://evil.example', 'null', 'https://app.example.evil.example']) {
+    const r = await refused(h.wsUrl, { protocols: ['realtime', key], headers: { origin } })
+    t.equal(r.status, 403, origin)
+    t.match(JSON.parse(r.body), { error: { code: 'origin_not_allowed' } })
+  }
+  t.equal(h.fake.handshakes.length, 1, 'the refused pages reached nothing upstream')
+})
+
+rtTest(t, 'without CORS origins, no browser page may open a session; a server client (no Origin) may', {}, async (h, t) => {
+  const r = await refused(h.wsUrl, { headers: { ...bearer(h), origin: 'http://127.0.0.1:5173' } })
+  t.equal(r.status, 403)
+  const c = await open(t, h.wsUrl, { headers: bearer(h) })
+  await c.next('session.created')
 })
 
 rtTest(t, 'no key, a wrong key, a wrong or doubled subprotocol key: 401, no upgrade, nothing upstream', {}, async (h, t) => {
