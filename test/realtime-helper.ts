@@ -1,6 +1,10 @@
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import type { Test } from 'tap'
 import { WebSocket, type ClientOptions } from 'ws'
 import { assertNoLeak, harness, type Harness, type HarnessOptions } from './helper.js'
@@ -171,6 +175,19 @@ export async function refused (url: string, opts: Parameters<typeof connect>[1] 
     throw new Error('handshake was accepted')
   }
   return c
+}
+
+/** A throwaway CA and a certificate it signed for 127.0.0.1 (as test/tls.test.ts makes them). */
+export function makeCerts (): { ca: string, loopback: { key: string, cert: string } } {
+  const dir = mkdtempSync(join(tmpdir(), 'oai-proxy-rt-tls-'))
+  const run = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' })
+  run('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=oai-proxy realtime test CA')
+  writeFileSync(join(dir, 'leaf.ext'), 'subjectAltName=IP:127.0.0.1\n')
+  run('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'leaf.key', '-out', 'leaf.csr', '-subj', '/CN=loopback')
+  run('x509', '-req', '-in', 'leaf.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'leaf.pem', '-days', '2', '-extfile', 'leaf.ext')
+  const certs = { ca: readFileSync(join(dir, 'ca.pem'), 'utf8'), loopback: { key: readFileSync(join(dir, 'leaf.key'), 'utf8'), cert: readFileSync(join(dir, 'leaf.pem'), 'utf8') } }
+  rmSync(dir, { recursive: true, force: true })
+  return certs
 }
 
 export const bearer = (h: Harness): Record<string, string> => ({ authorization: `Bearer ${h.proxyKey}` })

@@ -1,28 +1,12 @@
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import t from 'tap'
 import { assertNoLeak, rawRequest, sleep } from './helper.js'
-import { bearer, open, refused, rtTest, type RtHarness } from './realtime-helper.js'
+import { bearer, makeCerts, open, refused, rtTest, type RtHarness } from './realtime-helper.js'
 
 /*
  * The Realtime route's handshake and policy: who may open a session, what reaches upstream, which client
  * events are refused (answered with an `error` event, never forwarded) and what a session costs.
  */
 
-/** A throwaway CA and a certificate it signed for 127.0.0.1 (as test/tls.test.ts makes them). */
-function makeCerts (): { ca: string, loopback: { key: string, cert: string } } {
-  const dir = mkdtempSync(join(tmpdir(), 'oai-proxy-rt-tls-'))
-  const run = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' })
-  run('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=oai-proxy realtime test CA')
-  writeFileSync(join(dir, 'leaf.ext'), 'subjectAltName=IP:127.0.0.1\n')
-  run('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'leaf.key', '-out', 'leaf.csr', '-subj', '/CN=loopback')
-  run('x509', '-req', '-in', 'leaf.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'leaf.pem', '-days', '2', '-extfile', 'leaf.ext')
-  const certs = { ca: readFileSync(join(dir, 'ca.pem'), 'utf8'), loopback: { key: readFileSync(join(dir, 'leaf.key'), 'utf8'), cert: readFileSync(join(dir, 'leaf.pem'), 'utf8') } }
-  rmSync(dir, { recursive: true, force: true })
-  return certs
-}
 const certs = makeCerts()
 
 /** Send an event and wait for upstream to have received `count` messages on its newest connection. */
