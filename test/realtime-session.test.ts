@@ -1,3 +1,4 @@
+import type { FastifyServerOptions } from 'fastify'
 import t from 'tap'
 import { assertNoLeak, sleep } from './helper.js'
 import { bearer, open, refused, rtTest, type RtHarness } from './realtime-helper.js'
@@ -110,6 +111,15 @@ rtTest(t, 'a session is closed at streamMaxDurationMs', { proxy: { streamMaxDura
   }
   const closed = await c.closed
   t.strictSame([closed.code, closed.reason], [1001, 'session time limit'])
+})
+
+rtTest(t, "Node's request timeout does not cut a session (server.ts sets one)", { fastify: { requestTimeout: 300, http: { connectionsCheckingInterval: 50 } } as unknown as FastifyServerOptions }, async (h, t) => {
+  const c = await open(t, h.wsUrl, { headers: bearer(h) })
+  await c.next('session.created')
+  await sleep(1000)
+  c.send({ type: 'response.create' })
+  await c.next('response.done')
+  t.equal(c.ws.readyState, c.ws.OPEN)
 })
 
 rtTest(t, 'shutting the proxy down closes sessions with 1001', {}, async (h, t) => {

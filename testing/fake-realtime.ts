@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders, IncomingMessage, Server } from 'node:http'
+import type { Server as HttpsServer } from 'node:https'
 import type { Duplex } from 'node:stream'
 import { WebSocketServer, type WebSocket } from 'ws'
 
@@ -75,7 +76,7 @@ function refuse (socket: Duplex, status: number, body: unknown, headers: Record<
   socket.end(`HTTP/1.1 ${status} Refused\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n${extra}connection: close\r\n\r\n${text}`)
 }
 
-export function attachFakeRealtime (server: Server, opts: FakeRealtimeOptions = {}): FakeRealtime {
+export function attachFakeRealtime (server: Server | HttpsServer, opts: FakeRealtimeOptions = {}): FakeRealtime {
   let validKeys = opts.validKeys
   let script: ((h: RealtimeHandshake) => RealtimePlan | undefined) | undefined
   const handshakes: RealtimeHandshake[] = []
