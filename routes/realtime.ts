@@ -39,13 +39,6 @@ export interface RealtimeRouteOptions {
   logPrompts: boolean
 }
 
-declare module 'fastify' {
-  interface FastifyContextConfig {
-    /** The Realtime WebSocket route (routes/realtime.ts). */
-    oaiProxyRealtime?: boolean
-  }
-}
-
 const MODEL_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$/
 /** Subprotocols a client may offer besides its key: the one we answer with, and the beta flag (a header upstream). */
 const PROTOCOLS = ['realtime', 'openai-beta.realtime-v1']
@@ -69,10 +62,12 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
   const filter = opts.filter === null ? null : new RealtimeFilter(opts.filter, { upstream: app.oaiProxyUpstream, keys, userAgent: opts.userAgent })
   const wss = new WebSocketServer({ noServer: true, clientTracking: false, perMessageDeflate: false, maxPayload: opts.maxFrameBytes, handleProtocols: (offered) => PROTOCOLS.find((p) => offered.has(p)) ?? false })
   const sessions = new Set<Relay>()
+  let closing = false
   const routes = ['/v1/realtime', ...(opts.unprefixedRoutes ? ['/realtime'] : [])]
   // A handshake gets as long in the pipeline as upstream gets to answer: one stuck in a hook is cut.
   const stop = listenForUpgrades(app.server, new Set(routes.map((r) => app.prefix + r)), (req, res) => app.routing(req, res), 2 * opts.handshakeTimeoutMs)
   app.addHook('preClose', async () => {
+    closing = true
     stop()
     for (const s of sessions) s.close('shutdown', 1001, 'server shutting down')
     await Promise.all([...sessions].map(async (s) => await s.done))
@@ -154,15 +149,17 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
       closeReason: (reason) => redactText(reason, keys.secrets)
     })
     sessions.add(session)
+    // A handshake that was already past the pipeline when the server began closing.
+    if (closing) session.close('shutdown', 1001, 'server shutting down')
     session.done.then((end) => {
       sessions.delete(session)
       request.log.info({ client: who, key: keyId, model, ms: end.ms, framesIn: end.framesIn, framesOut: end.framesOut, clientCode: end.clientCode, upstreamCode: end.upstreamCode, cause: end.cause, tokens: events.tokens }, 'oai-proxy: realtime session ended')
       reply.raw.emit('close')
-    }, () => {})
+    })
   }
 
   for (const url of routes) {
-    app.get(url, { exposeHeadRoute: false, config: { oaiProxyRealtime: true }, onRequest: checkHandshake, preHandler: admitTokens }, handler)
+    app.get(url, { exposeHeadRoute: false, onRequest: checkHandshake, preHandler: admitTokens }, handler)
   }
 }
 

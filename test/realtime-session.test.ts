@@ -130,6 +130,16 @@ rtTest(t, 'shutting the proxy down closes sessions with 1001', {}, async (h, t) 
   await closing
 })
 
+rtTest(t, 'a handshake still opening upstream when shutdown begins is closed with 1001 once open', {}, async (h, t) => {
+  h.fake.script(() => ({ acceptAfterMs: 300 }))
+  const opening = open(t, h.wsUrl, { headers: bearer(h) })
+  while (h.fake.handshakes.length === 0) await sleep(10)
+  const closing = h.app.close()
+  const c = await opening
+  t.strictSame([(await c.closed).code, (await c.closed).reason], [1001, 'server shutting down'])
+  await closing
+})
+
 rtTest(t, 'an upstream error event quoting a key reaches the client redacted', {}, async (h, t) => {
   const key = h.keys[0] as string
   h.fake.script(() => ({

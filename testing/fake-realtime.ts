@@ -38,6 +38,8 @@ export interface RealtimePlan {
   refuse?: { status: number, body: unknown, headers?: Record<string, string> }
   /** Never answer the handshake (the socket stays open until the client gives up). */
   hold?: boolean
+  /** Answer the handshake only after this long. */
+  acceptAfterMs?: number
   /** Accept, then say nothing and answer nothing. */
   stall?: boolean
   /** Called once the socket is open (after `session.created`, unless stalled). */
@@ -125,7 +127,7 @@ export function attachFakeRealtime (server: Server | HttpsServer, opts: FakeReal
       return refuse(socket, 401, { error: { message, type: 'invalid_request_error', param: null, code: key === undefined ? null : 'invalid_api_key' } })
     }
     const model = new URL(url, 'http://fake').searchParams.get('model') as string
-    wss.handleUpgrade(req, socket, head, (ws) => {
+    setTimeout(() => wss.handleUpgrade(req, socket, head, (ws) => {
       const conn: RealtimeConnection = { handshake, socket: ws, received: [], sent: 0, sentBytes: 0 }
       connections.push(conn)
       ws.on('error', () => {})
@@ -141,7 +143,7 @@ export function attachFakeRealtime (server: Server | HttpsServer, opts: FakeReal
       })
       if (plan.stall !== true) send(conn, { type: 'session.created', event_id: id('event'), session: { id: 'sess_fake', object: 'realtime.session', type: 'realtime', model } })
       plan.onOpen?.(conn)
-    })
+    }), plan.acceptAfterMs ?? 0)
   }
   server.on('upgrade', onUpgrade)
 
