@@ -51,10 +51,14 @@ function moderationServer (tls: RtOptions['tls']): Server {
   return tls === undefined ? createServer(handle) : createHttpsServer(tls, handle)
 }
 
+/** What every client opened with `connect` saw (handshake answers and messages), for the leak scan. */
+const seenByClients: Array<() => string> = []
+
 /**
- * A subtest with a realtime harness, closed afterwards, then the invariants: the logs hold no secret (the
- * upstream keys, org and project, and the proxy key), the HTTP fake saw nothing, and every upstream
- * handshake was `GET /v1/realtime?model=…` with an injected pool key and none of the client's credentials.
+ * A subtest with a realtime harness, closed afterwards, then the invariants: what the clients saw holds no
+ * secret (upstream keys, org, project), the logs none and not the proxy key either, the HTTP fake saw
+ * nothing, and every upstream handshake was `GET /v1/realtime?model=…` with an injected pool key and none
+ * of the client's credentials.
  */
 export function rtTest (t: Test, name: string, opts: RtOptions, fn: (h: RtHarness, t: Test) => Promise<void>): Promise<unknown> {
   return t.test(name, async (t) => {
@@ -68,6 +72,7 @@ export function rtTest (t: Test, name: string, opts: RtOptions, fn: (h: RtHarnes
       proxy: { upstreamUrl: `${opts.tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}`, ...opts.proxy, realtime: { enabled: true, ...opts.proxy?.realtime } }
     })
     fake.setValidKeys(h.keys)
+    const firstClient = seenByClients.length
     const rt: RtHarness = { ...h, fake, upstreamServer, wsUrl: `${h.url.replace(/^http/, 'ws')}/v1/realtime?model=gpt-realtime` }
     try {
       await fn(rt, t)
@@ -77,6 +82,7 @@ export function rtTest (t: Test, name: string, opts: RtOptions, fn: (h: RtHarnes
       upstreamServer.closeAllConnections()
       await new Promise<void>((resolve) => upstreamServer.close(() => resolve()))
       assertNoLeak(t, h.logs.join(''), [...h.secrets, h.proxyKey], 'logs')
+      assertNoLeak(t, seenByClients.slice(firstClient).map((seen) => seen()).join('\n'), h.secrets, 'what the clients saw')
       t.strictSame(h.upstream.requests.map((r) => `${r.method} ${r.url}`), [], 'the HTTP fake saw nothing')
       for (const hs of fake.handshakes) {
         t.match(hs.url, /^\/v1\/realtime\?model=[A-Za-z0-9._:-]+$/, 'upstream saw only GET /v1/realtime?model=')
@@ -134,8 +140,14 @@ export function connect (url: string, opts: { protocols?: string[], headers?: Re
     ws.on('unexpected-response', (_req, res) => {
       let body = ''
       res.on('data', (c: Buffer) => { body += c.toString() })
-      res.on('end', () => resolve({ status: res.statusCode as number, headers: res.headers, body }))
+      res.on('end', () => {
+        const answer = { status: res.statusCode as number, headers: res.headers, body }
+        seenByClients.push(() => JSON.stringify(answer))
+        resolve(answer)
+      })
     })
+    const seen = (): string => JSON.stringify(headers) + raw.join('\n')
+    seenByClients.push(seen)
     ws.on('open', () => resolve({
       ws,
       events,
@@ -143,7 +155,7 @@ export function connect (url: string, opts: { protocols?: string[], headers?: Re
       headers,
       closed,
       send: (event) => ws.send(typeof event === 'string' ? event : JSON.stringify(event)),
-      seen: () => JSON.stringify(headers) + raw.join('\n'),
+      seen,
       next: (type, timeoutMs = 3000) => {
         const seen = events.find((e) => e.type === type)
         if (seen !== undefined) {
