@@ -62,9 +62,9 @@ function takeKey (req: IncomingMessage): string | undefined {
 /**
  * Listen for handshakes on `paths` (exact request paths, before `?`). Other upgrades are left to other
  * 'upgrade' listeners; when there are none, they are routed like any request (Node would have done the
- * same without our listener), so the pipeline refuses them as before. A handshake whose answer has not
- * begun after `timeoutMs` is cut: after an upgrade Node applies no request timeout to the socket.
- * Returns the function that stops listening.
+ * same without our listener), so the pipeline refuses them as before. A request not answered (or, on our
+ * paths, not taken by the route) within `timeoutMs` is cut: after an upgrade Node applies no request
+ * timeout to the socket. Returns the function that stops listening.
  */
 export function listenForUpgrades (server: Server, paths: ReadonlySet<string>, routing: (req: IncomingMessage, res: ServerResponse) => void, timeoutMs: number): () => void {
   const listener = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
