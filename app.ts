@@ -29,6 +29,8 @@ export const VERSION = '0.1.0'
 
 const checkOptions = TypeCompiler.Compile(OaiProxyOptionsSchema)
 const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])
+/** The WebRTC endpoint: served with the Realtime WebSocket route or not at all. */
+const REALTIME_CALLS = 'realtime.calls'
 
 /** Options with every default filled in; throws (naming the option, never a value) when they are invalid. */
 export function resolveOptions (opts: OaiProxyOptions) {
@@ -48,6 +50,10 @@ export function resolveOptions (opts: OaiProxyOptions) {
   const wanted = opts.endpoints
   const unknown = wanted?.filter((id) => !allEndpoints.some((e) => e.id === id)) ?? []
   if (unknown.length > 0) throw new Error(`oai-proxy: invalid option /endpoints: unknown endpoint id ${unknown.join(', ')}`)
+  // Realtime voice, over WebSocket or WebRTC, is one opt-in: billed at a premium, unread by the output guardrail.
+  const realtime = opts.realtime?.enabled ?? false
+  if (!realtime && wanted?.includes(REALTIME_CALLS) === true) throw new Error(`oai-proxy: invalid option /endpoints: ${REALTIME_CALLS} needs realtime.enabled (REALTIME=true)`)
+  const served = allEndpoints.filter((e) => (wanted === undefined || wanted.includes(e.id)) && (realtime || e.id !== REALTIME_CALLS))
   return {
     ...opts,
     upstreamUrl,
@@ -59,11 +65,11 @@ export function resolveOptions (opts: OaiProxyOptions) {
     upstreamIdleTimeoutMs: opts.upstreamIdleTimeoutMs ?? 300_000,
     streamStallTimeoutMs: opts.streamStallTimeoutMs ?? 60_000,
     streamMaxDurationMs: opts.streamMaxDurationMs ?? 3_600_000,
-    endpoints: wanted === undefined ? allEndpoints : allEndpoints.filter((e) => wanted.includes(e.id)),
+    endpoints: served,
     unprefixedRoutes: opts.unprefixedRoutes ?? true,
     demo: opts.demo ?? false,
     realtime: {
-      enabled: opts.realtime?.enabled ?? false,
+      enabled: realtime,
       maxFrameBytes: opts.realtime?.maxFrameBytes ?? 16 * 1024 * 1024,
       idleTimeoutMs: opts.realtime?.idleTimeoutMs ?? 600_000
     },

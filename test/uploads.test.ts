@@ -4,6 +4,7 @@ import OpenAI, { toFile } from 'openai'
 import t from 'tap'
 import { request } from 'undici'
 import { assertNoLeak, proxyTest, seenByClient, type Harness } from './helper.js'
+import { resolveOptions } from '../app.js'
 import { formContentType, multipartBody, pngBytes, wavBytes, type FormPart } from '../testing/fake-uploads.js'
 
 /*
@@ -58,7 +59,7 @@ proxyTest(t, 'the SDK edits images (several, and a mask) and makes variations', 
 
 proxyTest(t, 'a WebRTC call: SDP offer in, SDP answer and call id out; the session model is checked', {
   listen: true,
-  proxy: { policy: { allowedModels: ['gpt-realtime'] } }
+  proxy: { policy: { allowedModels: ['gpt-realtime'] }, realtime: { enabled: true } }
 }, async (h, t) => {
   const offer = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n'
   const call = async (session: unknown) => {
@@ -202,9 +203,18 @@ proxyTest(t, 'token budgets meter an upload by its declared size (or the cap whe
   t.ok(second >= 25 * 1000 + 1024 && second < 25 * 1000 + 1100, `without a length the 25 MiB cap is reserved: ${second}`)
 })
 
-proxyTest(t, 'a Location header that is not a call id never reaches the client', {}, async (h, t) => {
+proxyTest(t, 'a Location header that is not a call id never reaches the client', { proxy: { realtime: { enabled: true } } }, async (h, t) => {
   h.upstream.script(() => ({ kind: 'raw', status: 201, headers: { 'content-type': 'application/sdp', location: 'https://evil.example/v1/realtime/calls/rtc_1' }, body: 'v=0\r\n' }))
   const res = await postForm(h, '/v1/realtime/calls', [{ name: 'sdp', value: 'v=0' }])
   t.equal(res.statusCode, 201)
   t.equal(res.headers.location, undefined)
+})
+
+proxyTest(t, 'WebRTC calls are served only with Realtime on, like the WebSocket route', {}, async (h, t) => {
+  const res = await postForm(h, '/v1/realtime/calls', [{ name: 'sdp', value: 'v=0' }])
+  t.equal(res.statusCode, 404)
+  t.equal(errorOf(res).code, 'unknown_url')
+  t.throws(() => resolveOptions({ openaiKeys: ['sk-x'], endpoints: ['realtime.calls'] }), /realtime\.calls needs realtime\.enabled/)
+  t.strictSame(resolveOptions({ openaiKeys: ['sk-x'], realtime: { enabled: true } }).endpoints.filter((e) => e.id === 'realtime.calls').length, 1)
+  t.equal(h.upstream.requests.length, 0)
 })
