@@ -4,6 +4,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import * as R from './fake-responses.js'
 import * as M from './fake-media.js'
 import { readUploadedForm, type UploadRecord } from './fake-uploads.js'
+import { attachFakeRealtime, type FakeRealtime } from './fake-realtime.js'
 
 /*
  * A fake OpenAI API for tests, benchmarks and the no-key demo. It records every request it receives (raw
@@ -55,6 +56,8 @@ export interface FakeOpenAI {
   requests: RecordedRequest[]
   /** Answer with this plan for every request it returns one for (undefined: the default answer). */
   script: (fn: Script | undefined) => void
+  /** The Realtime WebSocket side (`/v1/realtime`): handshakes, connections and scripts (testing/fake-realtime.ts). */
+  realtime: FakeRealtime
   /** Wait until a recorded request satisfies `predicate`. */
   waitFor: (predicate: (r: RecordedRequest) => boolean, timeoutMs?: number) => Promise<RecordedRequest>
   close: () => Promise<void>
@@ -209,6 +212,7 @@ export async function startFakeOpenAI (opts: FakeOpenAIOptions = {}): Promise<Fa
     sockets.add(s)
     s.once('close', () => sockets.delete(s))
   })
+  const realtime = attachFakeRealtime(server, opts.validKeys === undefined ? {} : { validKeys: opts.validKeys })
   await new Promise<void>((resolve) => server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', resolve))
   const { port } = server.address() as AddressInfo
 
@@ -217,6 +221,7 @@ export async function startFakeOpenAI (opts: FakeOpenAIOptions = {}): Promise<Fa
     port,
     requests,
     script: (fn) => { script = fn },
+    realtime,
     async waitFor (predicate, timeoutMs = 2000) {
       const deadline = Date.now() + timeoutMs
       for (;;) {
@@ -227,6 +232,7 @@ export async function startFakeOpenAI (opts: FakeOpenAIOptions = {}): Promise<Fa
       }
     },
     async close () {
+      realtime.close()
       for (const s of sockets) s.destroy()
       await new Promise<void>((resolve) => server.close(() => resolve()))
     }
