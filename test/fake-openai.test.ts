@@ -49,3 +49,19 @@ t.test('waitFor gives up after its timeout', async (t) => {
   t.teardown(fake.close)
   await t.rejects(fake.waitFor(() => true, 50), { message: 'fake-openai: timed out waiting for a request' })
 })
+
+t.test('upload endpoints called with JSON (no form) still answer: nothing heard, the default realtime model', async (t) => {
+  const fake = await startFakeOpenAI()
+  t.teardown(fake.close)
+  const post = async (path: string) => {
+    const res = await request(`${fake.url}${path}`, { method: 'POST', headers: { authorization: 'Bearer sk-any', 'content-type': 'application/json' }, body: '{}' })
+    return { status: res.statusCode, text: await res.body.text() }
+  }
+  t.strictSame(JSON.parse((await post('/v1/audio/translations')).text), { text: 'Heard 0 bytes of nothing' })
+  const call = await post('/v1/realtime/calls')
+  t.equal(call.status, 201)
+  t.match(call.text, /\r\ns=gpt-realtime\r\n/)
+  const bad = await request(`${fake.url}/v1/audio/transcriptions`, { method: 'POST', headers: { authorization: 'Bearer sk-any', 'content-type': 'multipart/form-data' }, body: 'no boundary' })
+  t.equal(bad.statusCode, 400, 'a form the fake cannot read is a 400')
+  await bad.body.dump()
+})

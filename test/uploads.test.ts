@@ -52,7 +52,7 @@ proxyTest(t, 'the SDK edits images (several, and a mask) and makes variations', 
   const files = h.upstream.requests[0]?.form?.files ?? []
   t.strictSame(files.map((f) => [f.field, f.sha256]), [['image[]', sha(a)], ['image[]', sha(b)], ['mask', sha(a)]], 'every image and the mask, in order')
   t.strictSame(h.upstream.requests[0]?.form?.fields, { model: ['gpt-image-1'], prompt: ['add a hat'] })
-  const variation = await openai.images.createVariation({ image: await toFile(a, 'v.png'), model: 'dall-e-2' })
+  const variation = await openai.images.createVariation({ image: await toFile(a, 'v.png'), model: 'dall-e-2', n: 1 })
   t.equal(variation.data?.length, 1)
   assertNoLeak(t, JSON.stringify([edit, variation]), h.secrets, 'SDK results')
 })

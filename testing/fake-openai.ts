@@ -212,7 +212,7 @@ export async function startFakeOpenAI (opts: FakeOpenAIOptions = {}): Promise<Fa
     sockets.add(s)
     s.once('close', () => sockets.delete(s))
   })
-  const realtime = attachFakeRealtime(server, opts.validKeys === undefined ? {} : { validKeys: opts.validKeys })
+  const realtime = attachFakeRealtime(server, opts)
   await new Promise<void>((resolve) => server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', resolve))
   const { port } = server.address() as AddressInfo
 
