@@ -52,6 +52,10 @@ proxyTest(t, 'the SDK edits images (several, and a mask) and makes variations', 
   const files = h.upstream.requests[0]?.form?.files ?? []
   t.strictSame(files.map((f) => [f.field, f.sha256]), [['image[]', sha(a)], ['image[]', sha(b)], ['mask', sha(a)]], 'every image and the mask, in order')
   t.strictSame(h.upstream.requests[0]?.form?.fields, { model: ['gpt-image-1'], prompt: ['add a hat'] })
+  const events: string[] = []
+  for await (const ev of await openai.images.edit({ model: 'gpt-image-1', image: await toFile(b, 'b.png'), prompt: 'a scarf too', stream: true, partial_images: 1 })) events.push(ev.type)
+  t.strictSame(events, ['image_generation.partial_image', 'image_generation.completed'], 'a streamed edit arrives as SSE events')
+  t.strictSame(h.upstream.requests[1]?.form?.fields.stream, ['true'])
   const variation = await openai.images.createVariation({ image: await toFile(a, 'v.png'), model: 'dall-e-2', n: 1 })
   t.equal(variation.data?.length, 1)
   assertNoLeak(t, JSON.stringify([edit, variation]), h.secrets, 'SDK results')

@@ -66,12 +66,12 @@ export function compaction (body: Json): Json {
   }
 }
 
-/** An upload's text fields as the JSON answers read them: one value each, `stream` and `n` typed, `session` parsed. */
+/** An upload's text fields as the JSON answers read them: one value each, `stream`, `n` and `partial_images` typed, `session` parsed. */
 export function formFields (fields: Record<string, string[]>): Json {
   const out: Json = {}
   for (const [name, values] of Object.entries(fields)) out[name] = values[0]
   if (out.stream !== undefined) out.stream = out.stream === 'true'
-  if (out.n !== undefined) out.n = Number(out.n)
+  for (const name of ['n', 'partial_images']) if (out[name] !== undefined) out[name] = Number(out[name])
   if (typeof out.session === 'string') out.session = JSON.parse(out.session) as unknown
   return out
 }
