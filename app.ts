@@ -17,7 +17,6 @@ import rateLimit from './plugins/rate-limit.js'
 import tokenBudget from './plugins/token-budget.js'
 import health from './routes/health.js'
 import proxyRoutes, { allowedMethods } from './routes/proxy.js'
-import realtimeRoute from './routes/realtime.js'
 import { OaiProxyOptionsSchema, type OaiProxyOptions } from './schemas/config.js'
 import { endpoints as allEndpoints } from './schemas/endpoints.js'
 import { normaliseUpstreamUrl } from './lib/upstream-url.js'
@@ -147,6 +146,8 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     })
     if (opts.realtime.enabled) {
       if (opts.outputFilter !== undefined) app.log.warn('oai-proxy: the output guardrail does not read Realtime sessions (docs/realtime.md)')
+      // Loaded only when served: `ws` and the session code are ~5% of an idle proxy's memory.
+      const { default: realtimeRoute } = await import('./routes/realtime.js')
       await pipeline.register(realtimeRoute, {
         ...opts.realtime,
         unprefixedRoutes: unprefixed,
