@@ -112,6 +112,11 @@ export class FieldValues {
     return this.#values.has(field)
   }
 
+  /** A text part has begun and not yet ended. */
+  get receiving (): boolean {
+    return this.#open !== null
+  }
+
   open (slot: Slot & { file: false }): void {
     this.#open = { slot, chunks: [], length: 0 }
   }

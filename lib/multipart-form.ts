@@ -81,9 +81,12 @@ export class FormParser {
     return this.#spec.decisive.find((field) => !this.fields.has(field))
   }
 
-  /** Decision point (b): enough file bytes held, and every decisive field known. */
+  /**
+   * Decision point (b): enough file bytes held, every decisive field known, and no text part half read (its
+   * value would be stored after the fields were handed over, and never forwarded).
+   */
   ready (): boolean {
-    return this.#fileBytes >= this.#limits.streamAfterBytes && this.missing() === undefined
+    return this.#fileBytes >= this.#limits.streamAfterBytes && this.missing() === undefined && !this.fields.receiving
   }
 
   /** The next queued bytes for upstream. */
