@@ -15,6 +15,8 @@ import limitStore from './plugins/limit-store.js'
 import abuseGuard, { clientBans } from './plugins/abuse-guard.js'
 import rateLimit from './plugins/rate-limit.js'
 import tokenBudget from './plugins/token-budget.js'
+import clientKeyFile from './plugins/client-keys/file-store.js'
+import clientKeyScopes from './plugins/client-keys/scopes.js'
 import health from './routes/health.js'
 import proxyRoutes, { allowedMethods } from './routes/proxy.js'
 import { OaiProxyOptionsSchema, type OaiProxyOptions } from './schemas/config.js'
@@ -120,12 +122,20 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
   // Suite-wide, before auth: 404s and 401s happen outside the proxy routes and must be counted too, a
   // client's against its key, so it needs to know who holds a valid one on paths auth never runs on.
   const keys = clientKeys(opts.proxyKeys ?? [])
-  const identify = keys.size === 0 ? undefined : (request: FastifyRequest) => { const key = presentedKey(request); return key === undefined ? null : keys.idOf(key) }
+  // Client key records (KEYS_FILE): loaded before the abuse guard, which must know their holders too.
+  if (opts.keysFile !== undefined) await app.register(clientKeyFile, { file: opts.keysFile })
+  const records = opts.keysFile === undefined ? undefined : app.oaiProxyClientKeys
+  const identify = keys.size === 0 && records === undefined
+    ? undefined
+    : (request: FastifyRequest) => {
+        const key = presentedKey(request)
+        return key === undefined ? null : (records?.lookup(key)?.id ?? keys.idOf(key))
+      }
   await app.register(abuseGuard, { failuresPerMinute: limits.failuresPerMinute, identify })
   await app.register(health)
   await app.register(async (pipeline) => {
     await pipeline.register(requestGuard)
-    await pipeline.register(auth, { proxyKeys: opts.proxyKeys, resolveClient: opts.resolveClient })
+    await pipeline.register(auth, { proxyKeys: opts.proxyKeys, resolveClient: opts.resolveClient, keyRecords: records })
     await pipeline.register(clientBans)
     await pipeline.register(rateLimit, { requestsPerWindow: limits.requestsPerWindow, windowMs: limits.windowMs })
     await pipeline.register(jsonBody, { bodyLimit: opts.bodyLimit, maxJsonDepth: opts.maxJsonDepth, maxBytesInFlight: opts.maxBodyBytesInFlight })
@@ -134,6 +144,9 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     // preHandlers, after auth and validation, before anything goes upstream: policy (may clamp the body),
     // then the filter (reads the body as it will be sent).
     await pipeline.register(requestPolicy, opts.policy ?? {})
+    // A client key's scopes: its endpoints at onRequest (before the body is read), its models after the
+    // policy (whose model-list filter it narrows further). Only requests made with a client key.
+    await pipeline.register(clientKeyScopes)
     await pipeline.register(promptFilter, { ...opts.filter, logPrompts: opts.logPrompts ?? false, userAgent: `oai-reverse-proxy/${VERSION}` })
     await pipeline.register(tokenBudget, { tokensPerMinute: limits.tokensPerMinute, maxConcurrent: limits.maxConcurrent, defaultOutputTokens: limits.defaultOutputTokens, slotLeaseMs: limits.slotLeaseMs })
     await pipeline.register(proxyRoutes, {

@@ -34,6 +34,8 @@ const catalogue = {
   TOKEN_IDS_NOT_ALLOWED: { status: 400, type: 'invalid_request_error', code: 'token_ids_not_allowed', message: 'This proxy checks prompt text and cannot read token ids: send %s as text (rule: token_ids).' },
   FILTER_UNAVAILABLE: { status: 503, type: 'server_error', code: 'content_filter_unavailable', message: 'The content check could not be completed; try again shortly.' },
   MODEL_NOT_ALLOWED: { status: 403, type: 'invalid_request_error', code: 'model_not_allowed', message: 'This model is not available on this proxy (rule: allowed_models).' },
+  ENDPOINT_NOT_IN_SCOPE: { status: 403, type: 'invalid_request_error', code: 'endpoint_not_allowed', message: 'This API key may not call the endpoint %s.' },
+  MODEL_NOT_IN_SCOPE: { status: 403, type: 'invalid_request_error', code: 'model_not_allowed', message: 'This API key may not use the model %s.' },
   PARAM_NOT_ALLOWED: { status: 403, type: 'invalid_request_error', code: 'parameter_not_allowed', message: 'Parameter %s is not allowed on this proxy (rule: %s).' },
   INVALID_POLICY_VALUE: { status: 400, type: 'invalid_request_error', code: 'invalid_value', message: 'Parameter %s must be %s (rule: %s).' },
   UPSTREAM_UNREACHABLE: { status: 502, type: 'server_error', code: 'upstream_unreachable', message: 'The proxy could not reach the upstream API.' },

@@ -82,7 +82,7 @@ export async function startServer (env: Record<string, string | undefined> = pro
   return { app, url, config, shutdown, ...(fake === undefined ? {} : { fake }) }
 }
 
-async function main (): Promise<void> {
+export async function main (): Promise<void> {
   let running: RunningServer
   try {
     running = await startServer()

@@ -4,6 +4,8 @@ import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { fingerprint } from '../lib/key-pool.js'
 import { subprotocolKey } from '../lib/realtime-upgrade.js'
+import { SECRET_PREFIX } from '../schemas/client-keys.js'
+import { attachClientKey, type ClientKeyLookup } from './client-keys/records.js'
 
 /**
  * A host app's own identity check (session, JWT, API token). Resolve to `{ id }` for a known caller (the id
@@ -21,13 +23,18 @@ export interface AuthOptions {
    * already set) and before the body is read.
    */
   resolveClient?: ResolveClient | undefined
+  /**
+   * Client key records (`keysFile`, plugins/client-keys/): a presented `oarp-…` key is looked up there,
+   * any other in `proxyKeys`. Cannot be combined with `resolveClient`.
+   */
+  keyRecords?: ClientKeyLookup | undefined
 }
 
 /** Who is calling. `id` keys rate limits and logs; it never contains a secret. */
 export interface OaiProxyClient {
   id: string
-  /** `host`: identified by the host app's `resolveClient`. */
-  kind: 'proxy-key' | 'anonymous' | 'host'
+  /** `host`: identified by the host app's `resolveClient`; `client-key`: a record of the keys file (`id` is the record's id). */
+  kind: 'proxy-key' | 'anonymous' | 'host' | 'client-key'
 }
 
 declare module 'fastify' {
@@ -110,7 +117,10 @@ const auth: FastifyPluginAsync<AuthOptions> = async (app, opts) => {
   const resolve = opts.resolveClient
   if (resolve !== undefined && typeof resolve !== 'function') throw new Error('oai-proxy: invalid option /resolveClient: must be a function')
   if (resolve !== undefined && keys.size > 0) throw new Error('oai-proxy: give proxyKeys or resolveClient, not both (resolveClient replaces proxy-key auth)')
-  if (keys.size === 0 && resolve === undefined) {
+  const records = opts.keyRecords
+  if (resolve !== undefined && records !== undefined) throw new Error('oai-proxy: give keysFile or resolveClient, not both (resolveClient replaces proxy-key auth)')
+  // A keys file with no usable record yet still closes the proxy: open only when no key source is configured at all.
+  if (keys.size === 0 && resolve === undefined && records === undefined) {
     app.log.warn('oai-proxy: no proxy keys configured (PROXY_KEY); anyone who can reach this proxy can spend the upstream key')
   }
   app.decorateRequest('oaiProxyClient', null)
@@ -121,12 +131,19 @@ const auth: FastifyPluginAsync<AuthOptions> = async (app, opts) => {
       request.oaiProxyClient = await resolveHostClient(resolve, request)
       return
     }
-    if (keys.size === 0) {
+    if (keys.size === 0 && records === undefined) {
       request.oaiProxyClient = { id: `ip:${request.ip}`, kind: 'anonymous' }
       return
     }
     const candidate = presentedKey(request)
     if (candidate === undefined) throw proxyError('MISSING_KEY')
+    // Unknown, disabled and expired client keys all fall through to the same 401 as a wrong proxy key.
+    const entry = records !== undefined && candidate.startsWith(SECRET_PREFIX) ? records.lookup(candidate) : null
+    if (entry !== null) {
+      request.oaiProxyClient = { id: entry.id, kind: 'client-key' }
+      attachClientKey(request, entry)
+      return
+    }
     const id = keys.idOf(candidate)
     if (id === null) throw proxyError('INVALID_KEY')
     request.oaiProxyClient = { id, kind: 'proxy-key' }

@@ -137,6 +137,7 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
   const proxy: OaiProxyOptions = {
     openaiKeys,
     proxyKeys: secrets('PROXY_KEY', env.PROXY_KEY),
+    ...(env.KEYS_FILE === undefined ? {} : { keysFile: env.KEYS_FILE }),
     ...(env.UPSTREAM_URL === undefined ? {} : { upstreamUrl: env.UPSTREAM_URL }),
     ...(organization === undefined ? {} : { organization }),
     ...(project === undefined ? {} : { project }),

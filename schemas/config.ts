@@ -45,8 +45,10 @@ export const OaiProxyOptionsSchema = Type.Object({
   organization: Type.Optional(Secret),
   /** Sent upstream as `OpenAI-Project`; the client's own value is never forwarded. */
   project: Type.Optional(Secret),
-  /** Keys clients must present. Empty or absent: the proxy is open to anyone who can reach it. */
+  /** Keys clients must present. Empty or absent (and no `keysFile`): the proxy is open to anyone who can reach it. */
   proxyKeys: Type.Optional(Type.Array(Secret)),
+  /** Client key records, JSON Lines (`KEYS_FILE`, docs/client-keys.md): must exist; re-read when it changes. */
+  keysFile: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
   /** Extra CA certificate(s), PEM, trusted for the upstream TLS connection. Verification is never turned off. */
   upstreamCa: Type.Optional(Type.String({ minLength: 1 })),
   /** Largest JSON request body in bytes. Default 10 MiB. */
@@ -126,6 +128,7 @@ export const EnvSchema = Type.Object({
   OPENAI_ORGANIZATION: Type.Optional(Type.String()),
   OPENAI_PROJECT: Type.Optional(Type.String()),
   PROXY_KEY: Type.Optional(Type.String()),
+  KEYS_FILE: Type.Optional(Type.String({ minLength: 1 })),
   UPSTREAM_CA_FILE: Type.Optional(Type.String()),
   TRUST_PROXY: Type.Optional(Type.String()),
   BODY_LIMIT: Int(1024, 256 * 1024 * 1024),

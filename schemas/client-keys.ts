@@ -1,0 +1,61 @@
+import { Type, type Static } from '@sinclair/typebox'
+
+/*
+ * A client key record: one line of the `KEYS_FILE` (docs/client-keys.md). The secret itself is never
+ * stored: only its SHA-256 (`hash`) and a short display `prefix`. Fields added later (usage, rotation)
+ * must be optional so older files keep loading.
+ */
+
+const Count = Type.Integer({ minimum: 0, maximum: 1e12 })
+
+/** `key_` + 12 characters of lower-case base32: short, stable, not secret; the client id in limits and logs. */
+export const KEY_ID_PATTERN = '^key_[a-z2-7]{12}$'
+/** `oarp-` + 43 base64url characters: 32 random bytes, shown once at creation. */
+export const SECRET_PATTERN = /^oarp-[A-Za-z0-9_-]{43}$/
+export const SECRET_PREFIX = 'oarp-'
+/** Characters of the secret kept for display: `oarp-` + 7, i.e. 42 of its 256 bits; the other 214 stay unknown. */
+export const DISPLAY_PREFIX_LENGTH = 12
+/** The id of the Realtime WebSocket route in `scopes.endpoints` (it has no row in the endpoint table). */
+export const REALTIME_SCOPE = 'realtime'
+
+export const ClientKeyScopesSchema = Type.Object({
+  /** Endpoint ids (`schemas/endpoints.ts`, plus `realtime` for the WebSocket). Absent: every served endpoint. */
+  endpoints: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { maxItems: 64 })),
+  /** Model globs, as `ALLOWED_MODELS` (`gpt-4.1*`). Absent: every model the proxy's policy allows. */
+  models: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 256 }))
+}, { additionalProperties: false })
+export type ClientKeyScopes = Static<typeof ClientKeyScopesSchema>
+
+/** Per-key limits: stored now, NOT enforced yet (docs/client-keys.md says so). */
+export const ClientKeyLimitsSchema = Type.Object({
+  requestsPerWindow: Type.Optional(Count),
+  tokensPerMinute: Type.Optional(Count),
+  maxConcurrent: Type.Optional(Count),
+  tokensPerDay: Type.Optional(Count),
+  tokensPerMonth: Type.Optional(Count),
+  requestsPerDay: Type.Optional(Count)
+}, { additionalProperties: false })
+export type ClientKeyLimits = Static<typeof ClientKeyLimitsSchema>
+
+export const ClientKeyRecordSchema = Type.Object({
+  id: Type.String({ pattern: KEY_ID_PATTERN }),
+  name: Type.String({ minLength: 1, maxLength: 200 }),
+  /**
+   * SHA-256 of the whole secret, lower-case hex. A fast hash is the right one here: the secret is 32 random
+   * bytes, so there is no dictionary to grind and a slow KDF (bcrypt, scrypt) would only make every request
+   * pay for a brute force that 2^256 already rules out. The hash is not a credential either: a client that
+   * presents it gets it hashed again.
+   */
+  hash: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+  /** The secret's first characters, to recognise it in a list; never enough to use. */
+  prefix: Type.String({ minLength: 1, maxLength: DISPLAY_PREFIX_LENGTH }),
+  /** ISO 8601, UTC. */
+  created: Type.String({ minLength: 10, maxLength: 40 }),
+  /** ISO 8601, UTC; from this instant the key is refused like an unknown one. */
+  expires: Type.Optional(Type.String({ minLength: 10, maxLength: 40 })),
+  disabled: Type.Boolean(),
+  scopes: ClientKeyScopesSchema,
+  limits: Type.Optional(ClientKeyLimitsSchema),
+  metadata: Type.Record(Type.String({ maxLength: 200 }), Type.String({ maxLength: 2000 }))
+}, { additionalProperties: false })
+export type ClientKeyRecord = Static<typeof ClientKeyRecordSchema>
