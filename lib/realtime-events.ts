@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import sjson from 'secure-json-parse'
 import { scanJson } from './json-scan.js'
 import { redactBytes, redactText } from './redact.js'
 
@@ -20,6 +21,9 @@ function members (v: unknown): number {
   return Object.values(v).reduce((n: number, x) => n + 1 + members(x), 0)
 }
 
+const PROTO = Buffer.from('__proto__')
+const CONSTRUCTOR = Buffer.from('constructor')
+
 export function parseClientEvent (data: Buffer, binary: boolean, maxDepth: number): Parsed {
   if (binary) return { refused: 'Realtime events are JSON text messages; binary messages are not accepted.' }
   const scan = scanJson(data, maxDepth)
@@ -29,6 +33,15 @@ export function parseClientEvent (data: Buffer, binary: boolean, maxDepth: numbe
     event = JSON.parse(data.toString('utf8'))
   } catch {
     return { refused: 'The event is not valid JSON.' }
+  }
+  // As JSON bodies (threat B06): a `__proto__` or `constructor.prototype` key is refused, not forwarded for
+  // an upstream that merges objects to read settings the checks never saw. Only spelled out can they be there.
+  if (data.indexOf(PROTO) !== -1 || data.indexOf(CONSTRUCTOR) !== -1 || scan.escapes) {
+    try {
+      sjson.scan(event as Record<string, unknown>, { protoAction: 'error', constructorAction: 'error' })
+    } catch {
+      return { refused: 'The event holds a __proto__ or constructor.prototype key.' }
+    }
   }
   if (typeof event !== 'object' || event === null || Array.isArray(event) || typeof (event as ClientEvent).type !== 'string') {
     return { refused: 'An event is a JSON object with a string `type`.' }
@@ -42,7 +55,7 @@ const obj = (v: unknown): Obj | undefined => (typeof v === 'object' && v !== nul
 
 /** Where an event carries its session or response settings: `session.update` and `response.create`. */
 export function settingsOf (event: ClientEvent): { value: Obj, path: string } | undefined {
-  if (event.type === 'session.update') return { value: obj(event.session) ?? {}, path: 'session' }
+  if (event.type === 'session.update' || event.type === 'transcription_session.update') return { value: obj(event.session) ?? {}, path: 'session' }
   if (event.type === 'response.create') return { value: obj(event.response) ?? {}, path: 'response' }
   return undefined
 }
@@ -57,6 +70,7 @@ function readItem (raw: unknown, at: string, texts: EventText[], media: string[]
   const item = obj(raw)
   if (item === undefined) return
   if (typeof item.output === 'string') texts.push({ text: item.output, param: `${at}.output`, joinsPrevious: false })
+  if (typeof item.arguments === 'string') texts.push({ text: item.arguments, param: `${at}.arguments`, joinsPrevious: false })
   const parts = Array.isArray(item.content) ? item.content : []
   parts.forEach((p, j) => {
     const part = obj(p)
@@ -70,6 +84,23 @@ function readItem (raw: unknown, at: string, texts: EventText[], media: string[]
   })
 }
 
+/** Every string under `value` but `type` values (enums of the wire format), with its parameter path. Depth is bounded by the scan. */
+function strings (value: unknown, at: string, texts: EventText[]): void {
+  if (typeof value === 'string') texts.push({ text: value, param: at, joinsPrevious: false })
+  else if (Array.isArray(value)) value.forEach((v, i) => strings(v, `${at}[${i}]`, texts))
+  else if (typeof value === 'object' && value !== null) for (const [k, v] of Object.entries(value)) if (k !== 'type') strings(v, `${at}.${k}`, texts)
+}
+
+/** A session's input transcription settings, in the GA shape (`audio.input.transcription`) and the beta one. */
+export function transcriptionsOf (settings: Obj, path: string): Array<[string, Obj]> {
+  const found: Array<[string, Obj]> = []
+  const ga = obj(obj(obj(settings.audio)?.input)?.transcription)
+  if (ga !== undefined) found.push([`${path}.audio.input.transcription`, ga])
+  const beta = obj(settings.input_audio_transcription)
+  if (beta !== undefined) found.push([`${path}.input_audio_transcription`, beta])
+  return found
+}
+
 /** Everything of a client event the prompt filter reads, and where non-text input is. */
 export function contentOf (event: ClientEvent): { texts: EventText[], media: string[] } {
   const texts: EventText[] = []
@@ -81,6 +112,11 @@ export function contentOf (event: ClientEvent): { texts: EventText[], media: str
     const { value, path } = settings
     if (typeof value.instructions === 'string') texts.push({ text: value.instructions, param: `${path}.instructions`, joinsPrevious: false })
     if (Array.isArray(value.input)) value.input.forEach((item, i) => readItem(item, `${path}.input[${i}]`, texts, media))
+    // Tools are read by the model whole (names, descriptions, JSON-schema descriptions and enums), as on HTTP.
+    if (Array.isArray(value.tools)) strings(value.tools, `${path}.tools`, texts)
+    for (const [at, t] of transcriptionsOf(value, path)) {
+      if (typeof t.prompt === 'string') texts.push({ text: t.prompt, param: `${at}.prompt`, joinsPrevious: false })
+    }
   }
   return { texts, media }
 }

@@ -1,6 +1,6 @@
 import { openaiShapeByCode, proxyError, type ProxyErrorName } from '../errors.js'
 import { anyGlob } from './policy-rules.js'
-import { settingsOf, type ClientEvent } from './realtime-events.js'
+import { settingsOf, transcriptionsOf, type ClientEvent } from './realtime-events.js'
 import type { RequestPolicyConfig } from '../schemas/request-policy.js'
 
 /*
@@ -32,6 +32,10 @@ export function checkSettings (policy: RequestPolicyConfig, event: ClientEvent):
   if (settings === undefined) return null
   const { value, path } = settings
   if (value.model !== undefined && !modelAllowed(policy, value.model)) return refusal('MODEL_NOT_ALLOWED', [], `${path}.model`, 'allowed_models')
+  // The input transcription model is billed too: the same allowlist.
+  for (const [at, t] of transcriptionsOf(value, path)) {
+    if (t.model !== undefined && !modelAllowed(policy, t.model)) return refusal('MODEL_NOT_ALLOWED', [], `${at}.model`, 'allowed_models')
+  }
   const tools = Array.isArray(value.tools) ? value.tools as unknown[] : []
   for (const [i, tool] of tools.entries()) {
     const type = (tool as { type?: unknown } | null)?.type

@@ -13,6 +13,11 @@ import type { RequestPolicyConfig } from '../schemas/request-policy.js'
  */
 
 export const TPM_WINDOW_MS = 60_000
+/**
+ * Events that can start a billed response: asking for one, and audio (under server voice detection a turn
+ * of speech starts a response by itself). Refused while the client's token window is spent.
+ */
+const STARTS_RESPONSE = new Set(['response.create', 'input_audio_buffer.append', 'input_audio_buffer.commit'])
 
 /** The token budget's refusal, in the words of plugins/token-budget.ts. */
 export function budgetRefusal (limit: number, used: number, resetMs: number): Refusal {
@@ -52,7 +57,7 @@ export class SessionEvents {
     if ('refused' in parsed) return { answer: errorEvent({ type: 'invalid_request_error', code: 'invalid_event', message: parsed.refused, param: null }, undefined) }
     const event = parsed.event
     const content = o.filter === null ? null : contentOf(event)
-    const spent = event.type === 'response.create' && Date.now() < this.#blockedUntil ? this.#blocked : null
+    const spent = STARTS_RESPONSE.has(event.type) && Date.now() < this.#blockedUntil ? this.#blocked : null
     const refused = checkSettings(o.policy, event) ?? spent ?? (content === null ? null : await (o.filter as RealtimeFilter).check(content, o.log))
     if (refused === null) return { forward: data }
     this.#logRefusal(event, refused, content)
@@ -65,7 +70,7 @@ export class SessionEvents {
     return out
   }
 
-  /** Usage is charged as it is reported; once the window is spent, `response.create` is refused until it resets. */
+  /** Usage is charged as it is reported; once the window is spent, events that start responses are refused until it resets. */
   #charge (usage: number): void {
     const o = this.#opts
     this.tokens += usage
