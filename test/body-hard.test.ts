@@ -1,10 +1,10 @@
-import { connect, type Socket } from 'node:net'
 import { brotliCompressSync, createGunzip, deflateSync, gzipSync } from 'node:zlib'
 import t from 'tap'
 import type { Test } from 'tap'
 import { assertNoLeak, chatBody, isAllowlisted, proxyTest, sleep, type Harness } from './helper.js'
 import { expectOpenAIError, parseResponses, type Seen } from './routing-shared.js'
 import { oaiProxyExpectationHandler } from '../lib/server-options.js'
+import { finals, head, pump, rawConn, until, type RawConn } from './adversarial-helper.js'
 
 /*
  * Hostile request bodies over real loopback sockets (issue 11 point 4; threat catalogue A06, B02, B11, H10,
@@ -18,69 +18,9 @@ const BODY = JSON.stringify(chatBody())
 const MiB = 1024 * 1024
 const NOTHING: Seen = { statusCode: 0, headers: {}, body: '' }
 
-/** A raw client connection that records everything it receives; destroyed after `hardTimeoutMs` whatever happens. */
-interface Conn {
-  socket: Socket
-  text: () => string
-  closed: Promise<void>
-  isClosed: () => boolean
-  /** True when our own hard timeout closed the socket (the proxy did not). */
-  timedOut: () => boolean
-}
-
-async function open (h: Harness, hardTimeoutMs = 8000): Promise<Conn> {
-  const socket = connect(port(h), '127.0.0.1')
-  const chunks: Buffer[] = []
-  let closed = false
-  let timedOut = false
-  const timer = setTimeout(() => {
-    timedOut = true
-    socket.destroy()
-  }, hardTimeoutMs)
-  socket.on('data', (c: Buffer) => chunks.push(c))
-  // EPIPE / ECONNRESET are expected once the proxy has closed on us; the test asserts on what was received.
-  socket.on('error', () => {})
-  const done = new Promise<void>((resolve) => socket.once('close', () => {
-    closed = true
-    clearTimeout(timer)
-    resolve()
-  }))
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve)
-    socket.once('close', () => reject(new Error('could not connect')))
-  })
-  return { socket, text: () => Buffer.concat(chunks).toString('latin1'), closed: done, isClosed: () => closed, timedOut: () => timedOut }
-}
-
-/** Poll until `pred` holds or `ms` pass; true when it held. */
-async function until (pred: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (!pred()) {
-    if (Date.now() > deadline) return false
-    await sleep(10)
-  }
-  return true
-}
-
-/** Final (non-1xx) responses only. */
-const finals = (text: string): Seen[] => parseResponses(text).filter((r) => r.statusCode >= 200)
-
-function head (method: string, target: string, headers: Record<string, string>): string {
-  return [`${method} ${target} HTTP/1.1`, 'Host: proxy.test', ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`)].join('\r\n') + '\r\n\r\n'
-}
-
-/** Write `chunks` with backpressure until they run out, the socket closes, or `maxMs` pass; returns the bytes handed over. */
-async function pump (conn: Conn, chunks: Iterable<Buffer>, maxMs: number): Promise<number> {
-  let sent = 0
-  const deadline = Date.now() + maxMs
-  for (const chunk of chunks) {
-    if (conn.isClosed() || !conn.socket.writable || Date.now() > deadline) break
-    sent += chunk.length
-    // No drain ever comes if the proxy stops reading and keeps the socket open: then the hard timeout closes it.
-    if (!conn.socket.write(chunk)) await Promise.race([new Promise((resolve) => conn.socket.once('drain', resolve)), conn.closed])
-  }
-  return sent
-}
+/** A raw client connection (test/adversarial-helper.ts); destroyed after `hardTimeoutMs` whatever happens. */
+type Conn = RawConn
+const open = async (h: Harness, hardTimeoutMs = 8000): Promise<Conn> => await rawConn(port(h), hardTimeoutMs)
 
 /** A chunked JSON-looking body of `total` bytes, produced lazily: one 64 KiB frame reused, never the whole body. */
 function * hugeChunkedBody (total: number): Generator<Buffer> {
