@@ -137,7 +137,7 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     await pipeline.register(requestGuard)
     await pipeline.register(auth, { proxyKeys: opts.proxyKeys, resolveClient: opts.resolveClient, keyRecords: records })
     await pipeline.register(clientBans)
-    await pipeline.register(rateLimit, { requestsPerWindow: limits.requestsPerWindow, windowMs: limits.windowMs })
+    await pipeline.register(rateLimit, { requestsPerWindow: limits.requestsPerWindow, windowMs: limits.windowMs, perClient: records !== undefined })
     await pipeline.register(jsonBody, { bodyLimit: opts.bodyLimit, maxJsonDepth: opts.maxJsonDepth, maxBytesInFlight: opts.maxBodyBytesInFlight })
     // Uploads: the form's text fields become the body every later step reads; the files wait for the route.
     await pipeline.register(formBody, { bodyLimit: opts.bodyLimit, maxUploadBytes: opts.maxUploadBytes })
@@ -148,7 +148,7 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     // policy (whose model-list filter it narrows further). Only requests made with a client key.
     await pipeline.register(clientKeyScopes)
     await pipeline.register(promptFilter, { ...opts.filter, logPrompts: opts.logPrompts ?? false, userAgent: `oai-reverse-proxy/${VERSION}` })
-    await pipeline.register(tokenBudget, { tokensPerMinute: limits.tokensPerMinute, maxConcurrent: limits.maxConcurrent, defaultOutputTokens: limits.defaultOutputTokens, slotLeaseMs: limits.slotLeaseMs })
+    await pipeline.register(tokenBudget, { tokensPerMinute: limits.tokensPerMinute, maxConcurrent: limits.maxConcurrent, defaultOutputTokens: limits.defaultOutputTokens, slotLeaseMs: limits.slotLeaseMs, perClient: records !== undefined })
     await pipeline.register(proxyRoutes, {
       endpoints: opts.endpoints,
       unprefixedRoutes: unprefixed,

@@ -9,7 +9,12 @@ export interface RateLimitOptions {
   requestsPerWindow: number
   /** Window length in milliseconds. Default 60 000 (requests per minute). */
   windowMs: number
+  /** Some clients may carry their own `requestsPerWindow` (client keys): stay on even when the suite's is 0. */
+  perClient?: boolean
 }
+
+/** The requests per window that apply to this request's client: its own, else the suite's (0: none). */
+const windowFor = (request: FastifyRequest, suite: number): number => request.oaiProxyClient?.limits?.requestsPerWindow ?? suite
 
 /**
  * Who a limit applies to: the authenticated client, or, for anonymous callers, the address (IPv6 by /64,
@@ -22,15 +27,18 @@ export function limitKey (request: FastifyRequest): string {
 }
 
 /**
- * Requests per window per client, on @fastify/rate-limit's stores. Runs in onRequest right after auth,
+ * Requests per window per client (a client key's own limit, else the suite's), on @fastify/rate-limit's
+ * stores. Runs in onRequest right after auth,
  * before the body is read, so a flood over the limit costs neither parsing nor upstream calls. Every
  * answer carries OpenAI's `x-ratelimit-*-requests` headers.
  */
 const rateLimit: FastifyPluginAsync<RateLimitOptions> = async (app, opts) => {
-  if (opts.requestsPerWindow <= 0) return
-  const check = app.createRateLimit({ max: opts.requestsPerWindow, timeWindow: opts.windowMs, keyGenerator: (r) => `rpm:${limitKey(r)}` })
+  if (opts.requestsPerWindow <= 0 && opts.perClient !== true) return
+  const suite = opts.requestsPerWindow
+  const check = app.createRateLimit({ max: (r) => windowFor(r, suite), timeWindow: opts.windowMs, keyGenerator: (r) => `rpm:${limitKey(r)}` })
 
   app.addHook('onRequest', async (request, reply) => {
+    if (windowFor(request, suite) <= 0) return
     const r = await check(request)
     /* c8 ignore next -- isAllowed is only ever true for an allowList, and we configure none */
     if (r.isAllowed) return

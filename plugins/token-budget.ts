@@ -17,6 +17,8 @@ export interface TokenBudgetOptions {
   defaultOutputTokens: number
   /** How long a concurrency slot survives a replica that died holding it. */
   slotLeaseMs: number
+  /** Some clients may carry their own `tokensPerMinute` / `maxConcurrent` (client keys): stay on even when the suite's are 0. */
+  perClient?: boolean
 }
 
 /** What the proxy route reports back about a request's real token use. */
@@ -56,7 +58,7 @@ function uploadAllowance (request: FastifyRequest): number {
  * reservation. A concurrency slot is held until the response closes, whatever the outcome.
  */
 const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) => {
-  if (opts.tokensPerMinute <= 0 && opts.maxConcurrent <= 0) return
+  if (opts.tokensPerMinute <= 0 && opts.maxConcurrent <= 0 && opts.perClient !== true) return
   const { store } = app.oaiProxyLimits
   app.decorateRequest('oaiProxyUsage', null)
   decorateAnalysis(app)
@@ -65,21 +67,20 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
     onResponseClose(reply.raw, () => { fn().catch((err: unknown) => reply.log.warn({ err }, 'oai-proxy: limit release failed')) })
   }
 
-  async function admitConcurrency (request: FastifyRequest, reply: FastifyReply, client: string): Promise<void> {
-    const slot = await store.acquireSlot(client, `${process.pid}:${request.id}:${Date.now()}`, opts.maxConcurrent, opts.slotLeaseMs)
+  async function admitConcurrency (request: FastifyRequest, reply: FastifyReply, client: string, max: number): Promise<void> {
+    const slot = await store.acquireSlot(client, `${process.pid}:${request.id}:${Date.now()}`, max, opts.slotLeaseMs)
     if (!slot.admitted) {
-      throw proxyError('REQUESTS_LIMITED', [`Too many concurrent requests: Limit ${opts.maxConcurrent}. Please try again when one finishes.`], { headers: retryHeaders(1000) })
+      throw proxyError('REQUESTS_LIMITED', [`Too many concurrent requests: Limit ${max}. Please try again when one finishes.`], { headers: retryHeaders(1000) })
     }
     onClose(reply, slot.release)
   }
 
-  async function admitTokens (request: FastifyRequest, reply: FastifyReply, client: string): Promise<void> {
+  async function admitTokens (request: FastifyRequest, reply: FastifyReply, client: string, limit: number): Promise<void> {
     const analysis = analysisOf(request)
     const endpoint = analysis?.endpoint
     if (analysis === null || endpoint?.usage === undefined) return
     const body = analysis.body as Record<string, unknown>
     const requested = estimatePrompt(analysis) + outputCap(body, endpoint.outputCapFields, endpoint.outputAllowance ?? opts.defaultOutputTokens) + uploadAllowance(request)
-    const limit = opts.tokensPerMinute
     if (requested > limit) {
       throw proxyError('TOKENS_LIMITED', [`Request too large on tokens per min (TPM): Limit ${limit}, Requested ${requested}. Reduce the prompt or the output cap.`], { headers: retryHeaders(TPM_WINDOW_MS, false) })
     }
@@ -108,8 +109,12 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
 
   app.addHook('preHandler', async (request, reply) => {
     const client = limitKey(request)
-    if (opts.maxConcurrent > 0) await admitConcurrency(request, reply, client)
-    if (opts.tokensPerMinute > 0) await admitTokens(request, reply, client)
+    // A client's own limits (a client key's record) replace the suite's.
+    const own = request.oaiProxyClient?.limits
+    const concurrent = own?.maxConcurrent ?? opts.maxConcurrent
+    const tokens = own?.tokensPerMinute ?? opts.tokensPerMinute
+    if (concurrent > 0) await admitConcurrency(request, reply, client, concurrent)
+    if (tokens > 0) await admitTokens(request, reply, client, tokens)
   })
 }
 

@@ -26,7 +26,14 @@ export const ClientKeyScopesSchema = Type.Object({
 }, { additionalProperties: false })
 export type ClientKeyScopes = Static<typeof ClientKeyScopesSchema>
 
-/** Per-key limits: stored now, NOT enforced yet (docs/client-keys.md says so). */
+/** Limits one client has instead of the suite-wide ones (the rate limit and the token budget read them). */
+export interface ClientLimits {
+  requestsPerWindow?: number
+  tokensPerMinute?: number
+  maxConcurrent?: number
+}
+
+/** Per-key limits: requests per window, tokens per minute and concurrency are enforced; the quotas are stored, not enforced yet. */
 export const ClientKeyLimitsSchema = Type.Object({
   requestsPerWindow: Type.Optional(Count),
   tokensPerMinute: Type.Optional(Count),

@@ -20,7 +20,7 @@ export const USAGE = `Usage: oai-reverse-proxy keys <command> [--file <path>] (d
          [--tokens-per-day N] [--tokens-per-month N] [--requests-per-day N] [--meta key=value ...] [--json]
   list [--json]
   revoke <id> | enable <id> | delete <id>
-Limits are stored but not enforced yet (docs/client-keys.md).`
+Requests per window, tokens per minute and concurrency are enforced per key; the daily and monthly quotas are stored, not enforced yet (docs/client-keys.md).`
 
 const LIMIT_FLAGS: Record<string, keyof ClientKeyLimits> = {
   'requests-per-window': 'requestsPerWindow',

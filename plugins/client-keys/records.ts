@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { TypeCompiler, type ValueError } from '@sinclair/typebox/compiler'
 import type { FastifyRequest } from 'fastify'
 import { endpoints } from '../../schemas/endpoints.js'
-import { ClientKeyRecordSchema, REALTIME_SCOPE, SECRET_PATTERN, type ClientKeyRecord } from '../../schemas/client-keys.js'
+import { ClientKeyRecordSchema, REALTIME_SCOPE, SECRET_PATTERN, type ClientKeyRecord, type ClientLimits } from '../../schemas/client-keys.js'
 
 /*
  * Client key records: the file format (JSON Lines), the in-memory index auth reads, and the secrets.
@@ -93,6 +93,8 @@ export interface ClientKeyEntry {
   models: readonly string[] | null
   /** Infinity when the key never expires. */
   expiresMs: number
+  /** The limits enforced per key so far (requests, tokens per minute, concurrency); quotas are stored only. */
+  limits: ClientLimits
 }
 
 export interface ClientKeyLookup {
@@ -116,6 +118,16 @@ export interface ClientKeyIndex extends ClientKeyLookup {
  * a preimage attack), and the secret behind it has 256 random bits. Disabled keys are left out of the map,
  * so they take the same path as unknown ones.
  */
+/** The record's limits that are enforced, and only those it sets. */
+function enforced (limits: ClientKeyRecord['limits']): ClientLimits {
+  const out: ClientLimits = {}
+  for (const name of ['requestsPerWindow', 'tokensPerMinute', 'maxConcurrent'] as const) {
+    const v = limits?.[name]
+    if (v !== undefined) out[name] = v
+  }
+  return out
+}
+
 export function buildIndex (records: readonly ClientKeyRecord[], now: () => number = Date.now): ClientKeyIndex {
   const byHash = new Map<string, ClientKeyEntry>()
   for (const r of records) {
@@ -125,7 +137,8 @@ export function buildIndex (records: readonly ClientKeyRecord[], now: () => numb
       name: r.name,
       endpoints: r.scopes.endpoints === undefined ? null : new Set(r.scopes.endpoints),
       models: r.scopes.models ?? null,
-      expiresMs: r.expires === undefined ? Number.POSITIVE_INFINITY : instant(r.expires)
+      expiresMs: r.expires === undefined ? Number.POSITIVE_INFINITY : instant(r.expires),
+      limits: enforced(r.limits)
     })
   }
   return {
