@@ -91,12 +91,16 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
     }
   }
 
+  /** The client's tokens per minute: a client key's own, else the suite's (0: no budget). */
+  const tokensPerMinute = (request: FastifyRequest): number => request.oaiProxyClient?.limits?.tokensPerMinute ?? opts.tokensPerMinute
+
   /** A session cannot reserve tokens ahead (nothing says how long it will talk): it starts only with budget left. */
   async function admitTokens (request: FastifyRequest): Promise<void> {
-    if (opts.tokensPerMinute <= 0) return
-    const grant = await store.reserveTokens(limitKey(request), 0, opts.tokensPerMinute, TPM_WINDOW_MS)
-    if (grant.used >= opts.tokensPerMinute) {
-      const r = budgetRefusal(opts.tokensPerMinute, grant.used, grant.resetMs)
+    const limit = tokensPerMinute(request)
+    if (limit <= 0) return
+    const grant = await store.reserveTokens(limitKey(request), 0, limit, TPM_WINDOW_MS)
+    if (grant.used >= limit) {
+      const r = budgetRefusal(limit, grant.used, grant.resetMs)
       throw proxyError('TOKENS_LIMITED', [r.message], { headers: retryHeaders(grant.resetMs) })
     }
   }
@@ -138,7 +142,7 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
 
   function relay (request: FastifyRequest, reply: FastifyReply, client: WebSocket, upstream: WebSocket, keyId: string, model: string): void {
     const who = limitKey(request)
-    const events = new SessionEvents({ policy: opts.policy, filter, maxJsonDepth: opts.maxJsonDepth, logPrompts: opts.logPrompts, secrets: keys.secrets, tokensPerMinute: opts.tokensPerMinute, store, client: who, log: request.log })
+    const events = new SessionEvents({ policy: opts.policy, filter, maxJsonDepth: opts.maxJsonDepth, logPrompts: opts.logPrompts, secrets: keys.secrets, tokensPerMinute: tokensPerMinute(request), store, client: who, log: request.log })
     const session = new Relay(client, upstream, {
       idleTimeoutMs: opts.idleTimeoutMs,
       maxDurationMs: opts.maxDurationMs,

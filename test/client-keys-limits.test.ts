@@ -6,6 +6,7 @@ import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { hashSecret, newKeyId, newSecret } from '../plugins/client-keys/records.js'
 import type { ClientKeyRecord } from '../schemas/client-keys.js'
 import { assertNoLeak, chatBody, proxyTest, seenByClient, sleep, type Harness } from './helper.js'
+import { open, rtTest } from './realtime-helper.js'
 
 /*
  * Issue 13: a client key's own limits (requests per window, tokens per minute, concurrency) replace the
@@ -22,13 +23,15 @@ function record (secret: string, limits: ClientKeyRecord['limits']): ClientKeyRe
 const tight = newSecret()
 const loose = newSecret()
 const single = newSecret()
+const voice = newSecret()
 const file = join(dir, 'keys.jsonl')
 await writeKeysFile(file, [
   record(tight, { requestsPerWindow: 2, tokensPerMinute: 100_000, maxConcurrent: 1, tokensPerDay: 5 }),
   record(loose, undefined),
-  record(single, { maxConcurrent: 1, tokensPerMinute: 100_000 })
+  record(single, { maxConcurrent: 1, tokensPerMinute: 100_000 }),
+  record(voice, { tokensPerMinute: 1000 })
 ])
-const secrets = [tight, loose, single]
+const secrets = [tight, loose, single, voice]
 
 const chat = (h: Harness, key: string, extra: Record<string, unknown> = {}) =>
   h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, payload: JSON.stringify(chatBody(extra)) })
@@ -69,4 +72,20 @@ proxyTest(t, 'a key\'s own limits replace the suite\'s: its window, its token bu
   await sleep(50)
   h.upstream.script(undefined)
   t.equal((await chat(h, single)).statusCode, 200, 'the slot came back when the stream ended')
+})
+
+rtTest(t, 'a Realtime session is held to its key\'s own token budget', {
+  proxy: { keysFile: file },
+  realtime: { tokensPerResponse: 400 }
+}, async (h, t) => {
+  const c = await open(t, h.wsUrl, { headers: { authorization: `Bearer ${voice}` } })
+  for (let i = 0; i < 3; i++) {
+    c.send({ type: 'response.create' })
+    await c.next('response.done')
+  }
+  await sleep(50)
+  c.send({ type: 'response.create', event_id: 'evt_over' })
+  t.match(await c.next('error'), { error: { code: 'rate_limit_exceeded', event_id: 'evt_over', message: /Limit 1000, Used 1200/ } }, 'the key\'s 1,000, with no suite-wide budget')
+  c.ws.close()
+  await c.closed
 })
