@@ -216,6 +216,18 @@ export function analyse (endpoint: EndpointDefinition, body: unknown): RequestAn
   return out
 }
 
+/**
+ * The model a request names, where its table row says (the body, the path, or inside a body field: a
+ * WebRTC call's `session`); undefined when it names none. The policy and a client key's scopes both judge it.
+ */
+export function requestedModel (analysis: RequestAnalysis, params: unknown): unknown {
+  // Asked only for endpoints whose row says where the model is.
+  const at = analysis.endpoint.model as NonNullable<EndpointDefinition['model']>
+  let source = (at.in === 'body' ? analysis.body : params) as Record<string, unknown> | null | undefined
+  if (at.under !== undefined) source = source?.[at.under] as Record<string, unknown> | null | undefined
+  return source?.model
+}
+
 /** The top-level part of a parameter path: `messages[2].content` -> `messages`. */
 export const topField = (path: string): string => path.slice(0, path.search(/[.[]|$/))
 

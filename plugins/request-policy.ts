@@ -4,7 +4,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError, type ProxyErrorName } from '../errors.js'
 import { anyGlob } from '../lib/policy-rules.js'
-import { analysisOf, decorateAnalysis, type RequestAnalysis } from '../lib/request-analysis.js'
+import { analysisOf, decorateAnalysis, requestedModel, type RequestAnalysis } from '../lib/request-analysis.js'
 import { deleteField, setField } from '../lib/request-body.js'
 import { RequestPolicyOptionsSchema, type RequestPolicyConfig, type StoredStateFeature } from '../schemas/request-policy.js'
 
@@ -119,10 +119,7 @@ const requestPolicy: FastifyPluginAsync<RequestPolicyOptions> = async (app, opts
     if (analysis === null) return
     const endpoint = analysis.endpoint
     if (endpoint.model !== undefined && models !== undefined) {
-      let source = (endpoint.model.in === 'body' ? analysis.body : request.params) as Body | null
-      // Realtime calls name the model inside their session object.
-      if (endpoint.model.under !== undefined) source = source?.[endpoint.model.under] as Body | null
-      const id = source?.model
+      const id = requestedModel(analysis, request.params)
       if (!(id === undefined && !endpoint.model.required) && !modelAllowed(id)) throw refuse(request, 'MODEL_NOT_ALLOWED', [], 'model', 'allowed_models')
     }
     if (endpoint.rewritableResponse === 'model-list' && models !== undefined) request.oaiProxyRewriteResponse = listAllowed

@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../../errors.js'
 import { anyGlob } from '../../lib/policy-rules.js'
-import { analysisOf, decorateAnalysis, type RequestAnalysis } from '../../lib/request-analysis.js'
+import { analysisOf, decorateAnalysis, requestedModel, type RequestAnalysis } from '../../lib/request-analysis.js'
 import { REALTIME_SCOPE } from '../../schemas/client-keys.js'
 import { clientKeyOf, type ClientKeyEntry } from './records.js'
 
@@ -60,9 +60,7 @@ const clientKeyScopes: FastifyPluginAsync = async (app) => {
       }
       return
     }
-    let source = (endpoint.model.in === 'body' ? analysis.body : request.params) as Body | null
-    if (endpoint.model.under !== undefined) source = source?.[endpoint.model.under] as Body | null
-    const model = source?.model
+    const model = requestedModel(analysis, request.params)
     // As the request policy: an optional model left out means the endpoint's free default (moderations, token counts).
     if (model === undefined && !endpoint.model.required) return
     if (typeof model !== 'string' || !anyGlob(models, model)) throw refuseModel(request, entry, model)
