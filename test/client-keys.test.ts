@@ -326,3 +326,43 @@ t.test('cli.ts: `keys` runs the CLI, anything else starts the server', async (t)
   t.equal(await dispatch([], {}, async () => { started = true }), undefined)
   t.ok(started)
 })
+
+t.test('keys rotate: a new secret for the same id, printed once; the old one stops working', async (t) => {
+  const dir = tempDir(t)
+  const file = join(dir, 'keys.jsonl')
+  const env = { KEYS_FILE: file }
+  const first = JSON.parse((await cli(['create', '--name', 'carol', '--models', 'gpt-4o-mini', '--json'], env)).out) as { id: string, secret: string }
+  const before = readKeysFile(file)?.[0] as ClientKeyRecord
+  const rotated = await cli(['rotate', first.id], env)
+  t.equal(rotated.code, 0, rotated.err)
+  const m = new RegExp(`^Rotated ${first.id}: the old secret stops working within about a second\\. The new one is shown only now; store it safely:\\n(oarp-\\S{43})\\n$`).exec(rotated.out)
+  t.ok(m, 'the new secret, once')
+  const secret = (m as RegExpExecArray)[1] as string
+  t.not(secret, first.secret)
+  const after = readKeysFile(file)?.[0] as ClientKeyRecord
+  t.strictSame({ ...after, hash: 'h', prefix: 'p' }, { ...before, hash: 'h', prefix: 'p' }, 'same id, name, scopes and everything else')
+  t.equal(after.hash, hashSecret(secret))
+  t.equal(after.prefix, secret.slice(0, 12))
+  const index = buildIndex(readKeysFile(file) as ClientKeyRecord[])
+  t.equal(index.lookup(first.secret), null, 'the old secret is unknown')
+  t.equal(index.lookup(secret)?.id, first.id, 'the new one is the same key')
+  const json = JSON.parse((await cli(['rotate', first.id, '--json'], env)).out) as { id: string, secret: string }
+  t.equal(json.id, first.id)
+  t.equal(readKeysFile(file)?.[0]?.hash, hashSecret(json.secret))
+  const listed = (await cli(['list', '--json'], env)).out
+  t.notOk(listed.includes(secret) || listed.includes(json.secret), 'list never shows it')
+  t.match(await cli(['rotate'], env), { code: 2, err: /rotate: give a key id/ })
+  t.match(await cli(['rotate', 'key_aaaaaaaaaaaa'], env), { code: 1, err: /keys\.jsonl: no key key_aaaaaaaaaaaa\n$/ })
+  t.match(await cli(['help'], env), { out: /rotate <id>/ })
+})
+
+t.test('keys create: a value the record format refuses is a command-line error (exit 2), the file untouched', async (t) => {
+  const dir = tempDir(t)
+  const file = join(dir, 'keys.jsonl')
+  const r = await cli(['create', '--name', 'x', '--meta', `k=${'v'.repeat(2001)}`, '--file', file])
+  t.equal(r.code, 2)
+  t.match(r.err, /--meta: Expected string length less or equal to 2000/)
+  t.notOk(existsSync(file), 'nothing written, no file created')
+  t.match(await cli(['create', '--name', 'x', '--models', ',', '--tokens-per-day', 'x', '--file', file]), { code: 2, err: /--models: give at least one/ }, 'the flags\' order of old: the models before the limits')
+  t.match(await cli(['create', '--name', ' '.repeat(3), '--file', file]), { code: 2, err: /--name is required \(1 to 200 characters\)/ })
+})

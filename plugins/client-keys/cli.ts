@@ -1,13 +1,15 @@
 import { parseArgs } from 'node:util'
 import { resolve } from 'node:path'
 import type { ClientKeyLimits, ClientKeyRecord } from '../../schemas/client-keys.js'
-import { DISPLAY_PREFIX_LENGTH } from '../../schemas/client-keys.js'
 import { readKeysFile, updateKeysFile } from './file-io.js'
-import { hashSecret, KeysFileError, newKeyId, newSecret, SCOPE_ENDPOINT_IDS } from './records.js'
+import { addKey, draftKey, KeyInputError, KeyNotFoundError, keyView, removeKey, rotateKey, setDisabled } from './operations.js'
+import { KeysFileError } from './records.js'
 
 /*
- * `oai-reverse-proxy keys …`: manage the keys file. Secrets are printed once, by `create`; nothing prints a
- * hash. Exit codes: 0 done, 1 the file or the key is the problem, 2 the command line is.
+ * `oai-reverse-proxy keys …`: manage the keys file. Secrets are printed once, by `create` and `rotate`;
+ * nothing prints a hash. The rules on values are plugins/client-keys/operations.ts' (shared with the admin
+ * API); this file only reads the command line. Exit codes: 0 done, 1 the file or the key is the problem,
+ * 2 the command line is.
  */
 
 export interface CliIo { out: (text: string) => void, err: (text: string) => void }
@@ -20,6 +22,7 @@ export const USAGE = `Usage: oai-reverse-proxy keys <command> [--file <path>] (d
          [--tokens-per-day N] [--tokens-per-month N] [--requests-per-day N] [--meta key=value ...] [--json]
   list [--json]
   revoke <id> | enable <id> | delete <id>
+  rotate <id> [--json]   (a new secret for the same key, printed once; the old one stops working)
 Requests per window, tokens per minute and concurrency are enforced per key; the daily and monthly quotas are stored, not enforced yet (docs/client-keys.md).`
 
 const LIMIT_FLAGS: Record<string, keyof ClientKeyLimits> = {
@@ -29,6 +32,16 @@ const LIMIT_FLAGS: Record<string, keyof ClientKeyLimits> = {
   'tokens-per-day': 'tokensPerDay',
   'tokens-per-month': 'tokensPerMonth',
   'requests-per-day': 'requestsPerDay'
+}
+
+/** The command line's name for each record field an operation may refuse. */
+const FLAG_OF: Record<string, string> = {
+  name: '--name',
+  'scopes.models': '--models',
+  'scopes.endpoints': '--endpoints',
+  expires: '--expires',
+  metadata: '--meta',
+  ...Object.fromEntries(Object.entries(LIMIT_FLAGS).map(([flag, field]) => [`limits.${field}`, `--${flag}`]))
 }
 
 const OPTIONS = {
@@ -46,21 +59,8 @@ type Values = Record<string, string | boolean | string[] | undefined>
 
 const list = (v: string): string[] => v.split(',').map((s) => s.trim()).filter((s) => s.length > 0)
 
-async function create (file: string, v: Values, io: CliIo): Promise<void> {
-  const name = (v.name as string | undefined)?.trim() ?? ''
-  if (name.length === 0 || name.length > 200) throw new UsageError('--name is required (1 to 200 characters)')
-  const models = v.models === undefined ? undefined : list(v.models as string)
-  if (models?.length === 0) throw new UsageError('--models: give at least one model or glob')
-  const endpoints = v.endpoints === undefined ? undefined : list(v.endpoints as string)
-  const unknown = endpoints?.find((id) => !SCOPE_ENDPOINT_IDS.has(id))
-  if (unknown !== undefined || endpoints?.length === 0) throw new UsageError(`--endpoints: unknown endpoint id ${JSON.stringify(unknown ?? '')}; known: ${[...SCOPE_ENDPOINT_IDS].join(', ')}`)
-  let expires: string | undefined
-  if (v.expires !== undefined) {
-    const ms = /^\d{4}-\d{2}-\d{2}/.test(v.expires as string) ? Date.parse(v.expires as string) : Number.NaN
-    if (Number.isNaN(ms)) throw new UsageError('--expires: give an ISO 8601 date, e.g. 2027-01-01 (UTC midnight)')
-    if (ms <= Date.now()) throw new UsageError('--expires: that date has passed')
-    expires = new Date(ms).toISOString()
-  }
+/** The limits and metadata flags as values (their syntax is the command line's business). */
+function limitsAndMetadata (v: Values): { limits: ClientKeyLimits, metadata: Record<string, string> } {
   const limits: ClientKeyLimits = {}
   for (const [flag, field] of Object.entries(LIMIT_FLAGS)) {
     const raw = v[flag] as string | undefined
@@ -74,30 +74,37 @@ async function create (file: string, v: Values, io: CliIo): Promise<void> {
     if (at < 1) throw new UsageError('--meta: give key=value')
     metadata[pair.slice(0, at)] = pair.slice(at + 1)
   }
-  const secret = newSecret()
-  const id = await updateKeysFile(file, (records) => {
-    let id: string
-    do id = newKeyId(); while (records.some((r) => r.id === id))
-    const record: ClientKeyRecord = {
-      id,
-      name,
-      hash: hashSecret(secret),
-      prefix: secret.slice(0, DISPLAY_PREFIX_LENGTH),
-      created: new Date().toISOString(),
-      ...(expires === undefined ? {} : { expires }),
-      disabled: false,
-      scopes: { ...(endpoints === undefined ? {} : { endpoints }), ...(models === undefined ? {} : { models }) },
-      ...(Object.keys(limits).length === 0 ? {} : { limits }),
-      metadata
-    }
-    return { records: [...records, record], result: id }
-  }, true)
-  if (v.json === true) io.out(`${JSON.stringify({ id, name, secret })}\n`)
-  else io.out(`Created ${id} (${name}). The secret is shown only now; store it safely:\n${secret}\n`)
+  return { limits, metadata }
 }
 
-/** What `list` shows: never the hash. */
-const view = (r: ClientKeyRecord) => ({ id: r.id, name: r.name, prefix: r.prefix, created: r.created, expires: r.expires ?? null, disabled: r.disabled, scopes: r.scopes, limits: r.limits ?? {} })
+async function create (file: string, v: Values, io: CliIo): Promise<void> {
+  // A bad limit or --meta is reported after the other flags' problems, as it always was.
+  let parsed: ReturnType<typeof limitsAndMetadata> | UsageError
+  try {
+    parsed = limitsAndMetadata(v)
+  } catch (err) {
+    parsed = err as UsageError
+  }
+  const extra = parsed instanceof UsageError ? {} : parsed
+  // Checked before the file is touched: a wrong command line never takes the lock or creates the file.
+  const draft = draftKey({
+    name: (v.name as string | undefined) ?? '',
+    models: v.models === undefined ? undefined : list(v.models as string),
+    endpoints: v.endpoints === undefined ? undefined : list(v.endpoints as string),
+    expires: v.expires as string | undefined,
+    ...extra
+  })
+  if (parsed instanceof UsageError) throw parsed
+  const { record, secret } = await updateKeysFile(file, (records) => addKey(records, draft), true)
+  if (v.json === true) io.out(`${JSON.stringify({ id: record.id, name: record.name, secret })}\n`)
+  else io.out(`Created ${record.id} (${record.name}). The secret is shown only now; store it safely:\n${secret}\n`)
+}
+
+/** What `list --json` shows: the admin API's view without the metadata; never the hash. */
+const view = (r: ClientKeyRecord) => {
+  const { metadata: _metadata, ...shown } = keyView(r)
+  return shown
+}
 
 function show (file: string, v: Values, io: CliIo): void {
   const records = readKeysFile(file)
@@ -113,14 +120,15 @@ function show (file: string, v: Values, io: CliIo): void {
   }
 }
 
-async function change (file: string, command: string, id: string | undefined, io: CliIo): Promise<void> {
+async function change (file: string, command: string, id: string | undefined, v: Values, io: CliIo): Promise<void> {
   if (id === undefined || !/^key_[a-z2-7]{12}$/.test(id)) throw new UsageError(`${command}: give a key id (key_…; see \`keys list\`)`)
-  await updateKeysFile(file, (records) => {
-    const found = records.find((r) => r.id === id)
-    if (found === undefined) throw new KeysFileError(`no key ${id}`)
-    if (command === 'delete') return { records: records.filter((r) => r !== found), result: undefined }
-    return { records: records.map((r) => (r === found ? { ...r, disabled: command === 'revoke' } : r)), result: undefined }
-  })
+  if (command === 'rotate') {
+    const { secret } = await updateKeysFile(file, (records) => rotateKey(records, id))
+    if (v.json === true) io.out(`${JSON.stringify({ id, secret })}\n`)
+    else io.out(`Rotated ${id}: the old secret stops working within about a second. The new one is shown only now; store it safely:\n${secret}\n`)
+    return
+  }
+  await updateKeysFile(file, (records) => (command === 'delete' ? removeKey(records, id) : setDisabled(records, id, command === 'revoke')))
   const done = { revoke: 'revoked (disabled)', enable: 'enabled', delete: 'deleted' }[command]
   io.out(`${id} ${done as string}\n`)
 }
@@ -145,20 +153,21 @@ export async function runKeysCli (argv: readonly string[], env: Record<string, s
       io.out(`${USAGE}\n`)
       return 0
     }
-    if (!['create', 'list', 'revoke', 'enable', 'delete'].includes(command)) throw new UsageError(`unknown command ${JSON.stringify(command)}`)
+    if (!['create', 'list', 'revoke', 'enable', 'delete', 'rotate'].includes(command)) throw new UsageError(`unknown command ${JSON.stringify(command)}`)
     const fileArg = (values.file as string | undefined) ?? env.KEYS_FILE
     if (fileArg === undefined || fileArg === '') throw new UsageError('name the keys file with --file or KEYS_FILE')
     file = resolve(fileArg)
     if (command === 'create') await create(file, values, io)
     else if (command === 'list') show(file, values, io)
-    else await change(file, command, rest[0], io)
+    else await change(file, command, rest[0], values, io)
     return 0
   } catch (err) {
-    if (err instanceof UsageError) {
-      io.err(`oai-reverse-proxy keys: ${err.message}\n${USAGE}\n`)
+    const usage = err instanceof KeyInputError ? err.describe(FLAG_OF[err.field] ?? err.field) : err instanceof UsageError ? err.message : undefined
+    if (usage !== undefined) {
+      io.err(`oai-reverse-proxy keys: ${usage}\n${USAGE}\n`)
       return 2
     }
-    const message = err instanceof KeysFileError ? `${file}: ${err.message}` : (err as Error).message
+    const message = err instanceof KeysFileError || err instanceof KeyNotFoundError ? `${file}: ${err.message}` : (err as Error).message
     io.err(`oai-reverse-proxy keys: ${message}\n`)
     return 1
   }
