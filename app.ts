@@ -18,6 +18,7 @@ import tokenBudget from './plugins/token-budget.js'
 import clientKeyFile from './plugins/client-keys/file-store.js'
 import clientKeyScopes from './plugins/client-keys/scopes.js'
 import health from './routes/health.js'
+import usageRoute from './routes/usage.js'
 import proxyRoutes, { allowedMethods } from './routes/proxy.js'
 import { OaiProxyOptionsSchema, type OaiProxyOptions } from './schemas/config.js'
 import { endpoints as allEndpoints } from './schemas/endpoints.js'
@@ -149,6 +150,8 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     await pipeline.register(clientKeyScopes)
     await pipeline.register(promptFilter, { ...opts.filter, logPrompts: opts.logPrompts ?? false, userAgent: `oai-reverse-proxy/${VERSION}` })
     await pipeline.register(tokenBudget, { tokensPerMinute: limits.tokensPerMinute, maxConcurrent: limits.maxConcurrent, defaultOutputTokens: limits.defaultOutputTokens, slotLeaseMs: limits.slotLeaseMs, perClient: records !== undefined })
+    // A key holder's own quotas and usage: authenticated and rate limited like the proxy routes, never forwarded.
+    await pipeline.register(usageRoute, { unprefixedRoutes: unprefixed })
     await pipeline.register(proxyRoutes, {
       endpoints: opts.endpoints,
       unprefixedRoutes: unprefixed,

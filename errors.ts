@@ -12,6 +12,8 @@ const catalogue = {
   METHOD_NOT_ALLOWED: { status: 405, type: 'invalid_request_error', code: 'method_not_allowed', message: 'Method %s is not allowed on %s.' },
   MISSING_KEY: { status: 401, type: 'invalid_request_error', code: null, message: "You didn't provide an API key. Send your proxy key as 'Authorization: Bearer <key>'." },
   INVALID_KEY: { status: 401, type: 'invalid_request_error', code: 'invalid_api_key', message: 'Incorrect API key provided.' },
+  // A browser token good in every other way, presented by a page of another origin (docs/browser.md).
+  TOKEN_WRONG_ORIGIN: { status: 401, type: 'invalid_request_error', code: 'invalid_api_key', message: 'This browser token was issued for pages of another origin.' },
   NOT_AUTHENTICATED: { status: 401, type: 'invalid_request_error', code: null, message: 'This request is not authenticated. Sign in to the application that serves this proxy.' },
   INVALID_JSON: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'We could not parse the JSON body of your request.' },
   EMPTY_BODY: { status: 400, type: 'invalid_request_error', code: 'invalid_json', message: 'The request body is empty; a JSON object is required.' },
@@ -45,6 +47,8 @@ const catalogue = {
   NO_UPSTREAM_KEYS: { status: 503, type: 'server_error', code: 'upstream_keys_exhausted', message: 'No upstream API key is currently usable. Contact the operator of this proxy.' },
   REQUESTS_LIMITED: { status: 429, type: 'requests', code: 'rate_limit_exceeded', message: '%s' },
   TOKENS_LIMITED: { status: 429, type: 'tokens', code: 'rate_limit_exceeded', message: '%s' },
+  // OpenAI's own answer when an account is out of credit; the SDKs raise RateLimitError and, told so, do not retry.
+  QUOTA_EXCEEDED: { status: 429, type: 'insufficient_quota', code: 'insufficient_quota', message: 'You exceeded your quota of %s (limit %s, used %s). It resets at %s.' },
   RATE_LIMIT_UNAVAILABLE: { status: 503, type: 'server_error', code: 'rate_limit_store_unavailable', message: 'The rate limiter cannot reach its store; try again shortly.' },
   MULTIPART_INVALID: { status: 400, type: 'invalid_request_error', code: 'invalid_multipart', message: 'Invalid multipart/form-data body: %s.' },
   MULTIPART_UNKNOWN_FIELD: { status: 400, type: 'invalid_request_error', code: 'unknown_parameter', message: "Unknown parameter: '%s'." },

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis'
+import { MemoryQuotas, RedisQuotas, type QuotaGrant, type QuotaUsage, type Quotas } from './quota-store.js'
 
 /*
  * Token-per-minute windows and concurrency slots, in memory or in Redis. Every operation returns a handle
@@ -22,10 +23,15 @@ export interface SlotGrant {
   release: () => Promise<void>
 }
 
+export type { QuotaGrant, QuotaName, QuotaUsage, Quotas } from './quota-store.js'
+
 export interface LimitStore {
   readonly kind: 'memory' | 'redis'
   reserveTokens: (client: string, tokens: number, limit: number, windowMs: number) => Promise<TokenGrant>
   acquireSlot: (client: string, slot: string, max: number, leaseMs: number) => Promise<SlotGrant>
+  /** Check and reserve against every quota in one atomic step: all are charged or none. */
+  reserveQuota: (account: string, tokens: number, quotas: Quotas, now: number, requests?: number) => Promise<QuotaGrant>
+  quotaUsage: (account: string, now: number) => Promise<QuotaUsage>
 }
 
 const windowKey = (client: string, windowMs: number, now: number) => `oaiproxy:tpm:${client}:${Math.floor(now / windowMs)}`
@@ -33,6 +39,8 @@ const noop = async (): Promise<void> => {}
 
 export class MemoryLimitStore implements LimitStore {
   readonly kind = 'memory' as const
+  /** Quota counters; the keys file's usage file persists them (plugins/client-keys/usage-file.ts). */
+  readonly quotas = new MemoryQuotas()
   readonly #windows = new Map<string, { used: number, expiresAt: number }>()
   readonly #slots = new Map<string, Set<string>>()
   readonly #now: () => number
@@ -79,6 +87,14 @@ export class MemoryLimitStore implements LimitStore {
     if (now < this.#nextSweep) return
     this.#nextSweep = now + 60_000
     for (const [k, w] of this.#windows) if (w.expiresAt <= now) this.#windows.delete(k)
+  }
+
+  async reserveQuota (account: string, tokens: number, quotas: Quotas, now: number, requests = 1): Promise<QuotaGrant> {
+    return this.quotas.reserve(account, tokens, quotas, now, requests)
+  }
+
+  async quotaUsage (account: string, now: number): Promise<QuotaUsage> {
+    return this.quotas.usage(account, now)
   }
 
   async acquireSlot (client: string, slot: string, max: number): Promise<SlotGrant> {
@@ -134,6 +150,7 @@ interface ScriptedRedis extends Redis {
 export class RedisLimitStore implements LimitStore {
   readonly kind = 'redis' as const
   readonly #redis: ScriptedRedis
+  readonly #quotas: RedisQuotas
 
   constructor (redis: Redis) {
     if (typeof (redis as unknown as Partial<ScriptedRedis>).oaiProxyReserve !== 'function') {
@@ -142,6 +159,15 @@ export class RedisLimitStore implements LimitStore {
       redis.defineCommand('oaiProxyAcquire', { numberOfKeys: 1, lua: ACQUIRE })
     }
     this.#redis = redis as unknown as ScriptedRedis
+    this.#quotas = new RedisQuotas(redis)
+  }
+
+  reserveQuota (account: string, tokens: number, quotas: Quotas, now: number, requests = 1): Promise<QuotaGrant> {
+    return this.#quotas.reserve(account, tokens, quotas, now, requests)
+  }
+
+  quotaUsage (account: string, now: number): Promise<QuotaUsage> {
+    return this.#quotas.usage(account, now)
   }
 
   async reserveTokens (client: string, tokens: number, limit: number, windowMs: number): Promise<TokenGrant> {

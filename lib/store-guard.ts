@@ -3,7 +3,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { FastifyRateLimitStoreCtor } from '@fastify/rate-limit'
 import { proxyError } from '../errors.js'
-import type { LimitStore, SlotGrant, TokenGrant } from './limit-store.js'
+import type { LimitStore, QuotaGrant, QuotaUsage, Quotas, SlotGrant, TokenGrant } from './limit-store.js'
 
 /*
  * What happens when Redis misbehaves is a decision (RATE_LIMIT_ON_STORE_ERROR): `open` falls back to this
@@ -74,6 +74,14 @@ export class GuardedLimitStore {
 
   acquireSlot (client: string, slot: string, max: number, leaseMs: number): Promise<SlotGrant> {
     return this.guard.run(this.remote && (() => (this.remote as LimitStore).acquireSlot(client, slot, max, leaseMs)), () => this.local.acquireSlot(client, slot, max, leaseMs))
+  }
+
+  reserveQuota (account: string, tokens: number, quotas: Quotas, now: number, requests = 1): Promise<QuotaGrant> {
+    return this.guard.run(this.remote && (() => (this.remote as LimitStore).reserveQuota(account, tokens, quotas, now, requests)), () => this.local.reserveQuota(account, tokens, quotas, now, requests))
+  }
+
+  quotaUsage (account: string, now: number): Promise<QuotaUsage> {
+    return this.guard.run(this.remote && (() => (this.remote as LimitStore).quotaUsage(account, now)), () => this.local.quotaUsage(account, now))
   }
 }
 

@@ -4,7 +4,7 @@ import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { fingerprint } from '../lib/key-pool.js'
 import { subprotocolKey } from '../lib/realtime-upgrade.js'
-import { SECRET_PREFIX, type ClientLimits } from '../schemas/client-keys.js'
+import { SECRET_PREFIX, type ClientLimits, type ClientQuotas } from '../schemas/client-keys.js'
 import { attachClientKey, type ClientKeyLookup } from './client-keys/records.js'
 
 /**
@@ -37,6 +37,8 @@ export interface OaiProxyClient {
   kind: 'proxy-key' | 'anonymous' | 'host' | 'client-key'
   /** This client's own limits, replacing the suite's where set (a client key's record; 0 turns one off for it). */
   limits?: ClientLimits
+  /** The account its use is charged to and that account's quotas (a client key's record; several clients may share one). */
+  quota?: { account: string, quotas: ClientQuotas }
 }
 
 declare module 'fastify' {
@@ -142,7 +144,7 @@ const auth: FastifyPluginAsync<AuthOptions> = async (app, opts) => {
     // Unknown, disabled and expired client keys all fall through to the same 401 as a wrong proxy key.
     const entry = records !== undefined && candidate.startsWith(SECRET_PREFIX) ? records.lookup(candidate) : null
     if (entry !== null) {
-      request.oaiProxyClient = { id: entry.id, kind: 'client-key', limits: entry.limits }
+      request.oaiProxyClient = { id: entry.id, kind: 'client-key', limits: entry.limits, quota: { account: entry.id, quotas: entry.quotas } }
       attachClientKey(request, entry)
       return
     }

@@ -19,6 +19,8 @@ export interface LimitStoreOptions {
 export interface OaiProxyLimits {
   guard: StoreGuard
   store: GuardedLimitStore
+  /** This replica's memory store (the fallback under `onStoreError: 'open'`); its quota counters are persisted with a keys file. */
+  memory: MemoryLimitStore
 }
 
 declare module 'fastify' {
@@ -54,7 +56,7 @@ const limitStore: FastifyPluginAsync<LimitStoreOptions> = async (app, opts) => {
   }
   const guard = new StoreGuard(redis, opts.onStoreError, opts.storeTimeoutMs, app.log)
   const memory = new MemoryLimitStore()
-  app.decorate('oaiProxyLimits', { guard, store: new GuardedLimitStore(guard, redis === undefined ? undefined : new RedisLimitStore(redis), memory) })
+  app.decorate('oaiProxyLimits', { guard, memory, store: new GuardedLimitStore(guard, redis === undefined ? undefined : new RedisLimitStore(redis), memory) })
   await app.register(fastifyRateLimit, { global: false, store: guardedCounterStore(guard, redis), skipOnError: false })
 }
 

@@ -5,7 +5,9 @@ import { goDuration, retryHeaders } from '../lib/durations.js'
 import { onResponseClose } from '../lib/response-close.js'
 import { estimatePrompt, outputCap } from '../lib/token-estimate.js'
 import { limitKey } from './rate-limit.js'
-import { analysisOf, decorateAnalysis } from '../lib/request-analysis.js'
+import { analysisOf, decorateAnalysis, type RequestAnalysis } from '../lib/request-analysis.js'
+import type { QuotaGrant, QuotaName, TokenGrant } from '../lib/limit-store.js'
+import type { OaiProxyClient } from './auth.js'
 import { setField } from '../lib/request-body.js'
 
 export interface TokenBudgetOptions {
@@ -17,7 +19,7 @@ export interface TokenBudgetOptions {
   defaultOutputTokens: number
   /** How long a concurrency slot survives a replica that died holding it. */
   slotLeaseMs: number
-  /** Some clients may carry their own `tokensPerMinute` / `maxConcurrent` (client keys): stay on even when the suite's are 0. */
+  /** Some clients may carry their own `tokensPerMinute` / `maxConcurrent` and quotas (client keys): stay on even when the suite's are 0. */
   perClient?: boolean
 }
 
@@ -36,6 +38,7 @@ declare module 'fastify' {
 }
 
 const TPM_WINDOW_MS = 60_000
+const QUOTA_LABELS: Record<QuotaName, string> = { requestsPerDay: 'requests per day', tokensPerDay: 'tokens per day', tokensPerMonth: 'tokens per month' }
 const MiB = 1024 * 1024
 
 /**
@@ -75,12 +78,16 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
     onClose(reply, slot.release)
   }
 
-  async function admitTokens (request: FastifyRequest, reply: FastifyReply, client: string, limit: number): Promise<void> {
+  /** The request's token reservation: null for an endpoint that is not metered. */
+  function requestedTokens (request: FastifyRequest): number | null {
     const analysis = analysisOf(request)
     const endpoint = analysis?.endpoint
-    if (analysis === null || endpoint?.usage === undefined) return
+    if (analysis === null || endpoint?.usage === undefined) return null
     const body = analysis.body as Record<string, unknown>
-    const requested = estimatePrompt(analysis) + outputCap(body, endpoint.outputCapFields, endpoint.outputAllowance ?? opts.defaultOutputTokens) + uploadAllowance(request)
+    return estimatePrompt(analysis) + outputCap(body, endpoint.outputCapFields, endpoint.outputAllowance ?? opts.defaultOutputTokens) + uploadAllowance(request)
+  }
+
+  async function admitTokens (reply: FastifyReply, client: string, limit: number, requested: number): Promise<TokenGrant> {
     if (requested > limit) {
       throw proxyError('TOKENS_LIMITED', [`Request too large on tokens per min (TPM): Limit ${limit}, Requested ${requested}. Reduce the prompt or the output cap.`], { headers: retryHeaders(TPM_WINDOW_MS, false) })
     }
@@ -94,27 +101,68 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
       const wait = Math.ceil(grant.resetMs / 1000)
       throw proxyError('TOKENS_LIMITED', [`Rate limit reached on tokens per min (TPM): Limit ${limit}, Used ${grant.used}, Requested ${requested}. Please try again in ${wait}s.`], { headers: retryHeaders(grant.resetMs) })
     }
+    return grant
+  }
+
+  /** Quotas over calendar windows: all or nothing, and a used-up quota is not worth retrying before it resets. */
+  async function admitQuota (request: FastifyRequest, quota: NonNullable<OaiProxyClient['quota']>, requested: number): Promise<QuotaGrant> {
+    const now = Date.now()
+    const grant = await store.reserveQuota(quota.account, requested, quota.quotas, now)
+    const refused = grant.refused
+    if (refused !== undefined) {
+      request.log.info({ client: quota.account, quota: refused.quota }, 'oai-proxy: quota used up')
+      const reset = new Date(refused.resetAt).toISOString()
+      throw proxyError('QUOTA_EXCEEDED', [QUOTA_LABELS[refused.quota], refused.limit, refused.used, reset], { headers: { ...retryHeaders(refused.resetAt - now, false), 'x-oai-proxy-quota-reset': reset } })
+    }
+    return grant
+  }
+
+  /** Settle every reservation with upstream's usage when the response closes (unknown usage: the reservations stand). */
+  function meter (request: FastifyRequest, reply: FastifyReply, settles: Array<(tokens: number) => Promise<void>>): void {
+    const analysis = analysisOf(request) as RequestAnalysis
+    const body = analysis.body as Record<string, unknown>
     const usage: OaiProxyUsage = { hideUsageChunk: false, totalTokens: null }
     const streamOptions = body.stream_options as Record<string, unknown> | undefined
-    if (body.stream === true && endpoint.usage === 'stream-option' && streamOptions?.include_usage !== true) {
+    if (body.stream === true && analysis.endpoint.usage === 'stream-option' && streamOptions?.include_usage !== true) {
       // We need the final usage chunk to settle; the client did not ask for it, so it will not see it.
       setField(analysis, 'stream_options', { ...streamOptions, include_usage: true })
       usage.hideUsageChunk = true
     }
     request.oaiProxyUsage = usage
     onClose(reply, async () => {
-      if (usage.totalTokens !== null) await grant.settle(usage.totalTokens)
+      const total = usage.totalTokens
+      if (total !== null) await Promise.all(settles.map((settle) => settle(total)))
     })
   }
 
   app.addHook('preHandler', async (request, reply) => {
+    if (request.routeOptions.config.oaiProxyLocal === true) return
     const client = limitKey(request)
-    // A client's own limits (a client key's record) replace the suite's.
+    // A client's own limits (a client key's record) replace the suite's; its quotas come on top.
     const own = request.oaiProxyClient?.limits
+    const quota = request.oaiProxyClient?.quota
     const concurrent = own?.maxConcurrent ?? opts.maxConcurrent
     const tokens = own?.tokensPerMinute ?? opts.tokensPerMinute
+    // Usage is counted for every client key (its holder and the admin read it), quotas or not.
+    const quotaOn = quota !== undefined
     if (concurrent > 0) await admitConcurrency(request, reply, client, concurrent)
-    if (tokens > 0) await admitTokens(request, reply, client, tokens)
+    if (tokens <= 0 && !quotaOn) return
+    const requested = requestedTokens(request)
+    // The quota first (a realtime session or an unmetered endpoint counts as a request of 0 tokens): when both refuse, "used up until tomorrow" is the answer that matters.
+    const quotaGrant = quotaOn ? await admitQuota(request, quota, requested ?? 0) : undefined
+    if (requested === null) return
+    const settles: Array<(tokens: number) => Promise<void>> = []
+    if (quotaGrant !== undefined) settles.push(quotaGrant.settle)
+    if (tokens > 0) {
+      try {
+        settles.push((await admitTokens(reply, client, tokens, requested)).settle)
+      } catch (err) {
+        // Refused after all: the quota gets its request and tokens back.
+        await quotaGrant?.refund()
+        throw err
+      }
+    }
+    meter(request, reply, settles)
   })
 }
 

@@ -33,7 +33,14 @@ export interface ClientLimits {
   maxConcurrent?: number
 }
 
-/** Per-key limits: requests per window, tokens per minute and concurrency are enforced; the quotas are stored, not enforced yet. */
+/** A client's quotas over UTC calendar windows (a day from 00:00 UTC, a month from the 1st). */
+export interface ClientQuotas {
+  tokensPerDay?: number
+  tokensPerMonth?: number
+  requestsPerDay?: number
+}
+
+/** Per-key limits (replacing the suite's for that key) and quotas; 0 turns a limit off for the key, a quota of 0 allows nothing. */
 export const ClientKeyLimitsSchema = Type.Object({
   requestsPerWindow: Type.Optional(Count),
   tokensPerMinute: Type.Optional(Count),
@@ -63,6 +70,8 @@ export const ClientKeyRecordSchema = Type.Object({
   disabled: Type.Boolean(),
   scopes: ClientKeyScopesSchema,
   limits: Type.Optional(ClientKeyLimitsSchema),
+  /** Browser tokens (docs/browser.md) for these subjects issued at or before the ISO 8601 instant are refused. */
+  revokedSubjects: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 128 }), Type.String({ minLength: 10, maxLength: 40 }), { maxProperties: 100_000 })),
   metadata: Type.Record(Type.String({ maxLength: 200 }), Type.String({ maxLength: 2000 }))
 }, { additionalProperties: false })
 export type ClientKeyRecord = Static<typeof ClientKeyRecordSchema>

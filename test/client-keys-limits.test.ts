@@ -26,7 +26,7 @@ const single = newSecret()
 const voice = newSecret()
 const file = join(dir, 'keys.jsonl')
 await writeKeysFile(file, [
-  record(tight, { requestsPerWindow: 2, tokensPerMinute: 100_000, maxConcurrent: 1, tokensPerDay: 5 }),
+  record(tight, { requestsPerWindow: 2, tokensPerMinute: 100_000, maxConcurrent: 1, tokensPerDay: 10_000_000 }),
   record(loose, undefined),
   record(single, { maxConcurrent: 1, tokensPerMinute: 100_000 }),
   record(voice, { tokensPerMinute: 1000 })

@@ -3,8 +3,9 @@ import { watch, type FSWatcher } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import { basename, dirname, resolve } from 'node:path'
 import type { FastifyPluginAsync } from 'fastify'
-import { readKeysFile } from './file-io.js'
-import { buildIndex, parseKeysFile, type ClientKeyIndex, type ClientKeyLookup } from './records.js'
+import { readKeysFile, updateKeysFile } from './file-io.js'
+import { buildIndex, KeysFileError, parseKeysFile, type ClientKeyIndex } from './records.js'
+import type { OaiProxyClientKeys } from './store.js'
 
 export interface ClientKeyFileOptions {
   /** The JSON Lines file of client key records (`KEYS_FILE`). It must exist: `keys create` makes it. */
@@ -15,20 +16,6 @@ export interface ClientKeyFileOptions {
   debounceMs?: number
   /** Use fs.watch. Default true. */
   watch?: boolean
-}
-
-export interface OaiProxyClientKeys extends ClientKeyLookup {
-  /** Usable keys in the index now in force. */
-  readonly size: number
-  /** Read the file now; true when a new index is in force (false: unchanged, or unusable and the old one kept). */
-  reload: () => Promise<boolean>
-}
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    /** The client key records from the keys file (absent without one). */
-    oaiProxyClientKeys: OaiProxyClientKeys
-  }
 }
 
 /**
@@ -117,11 +104,24 @@ const clientKeyFile: FastifyPluginAsync<ClientKeyFileOptions> = async (app, opts
     watcher.on('error', (err) => { app.log.warn({ code: (err as NodeJS.ErrnoException).code }, 'oai-proxy: cannot watch the keys file; checking it every poll') })
   }
 
-  app.decorate('oaiProxyClientKeys', {
-    lookup: (presented: string) => index.lookup(presented),
+  const keys: OaiProxyClientKeys = {
+    kind: 'file',
+    lookup: (presented) => index.lookup(presented),
+    byId: (id) => index.byId(id),
     get size () { return index.size },
+    list: async () => {
+      const records = readKeysFile(file)
+      if (records === null) throw new KeysFileError('no such file')
+      return records
+    },
+    update: async (change) => {
+      const result = await updateKeysFile(file, change)
+      await reload()
+      return result
+    },
     reload
-  })
+  }
+  app.decorate('oaiProxyClientKeys', keys)
   app.addHook('onClose', async () => {
     clearInterval(poller)
     clearTimeout(timer)

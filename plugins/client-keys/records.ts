@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { TypeCompiler, type ValueError } from '@sinclair/typebox/compiler'
 import type { FastifyRequest } from 'fastify'
 import { endpoints } from '../../schemas/endpoints.js'
-import { ClientKeyRecordSchema, REALTIME_SCOPE, SECRET_PATTERN, type ClientKeyRecord, type ClientLimits } from '../../schemas/client-keys.js'
+import { ClientKeyRecordSchema, REALTIME_SCOPE, SECRET_PATTERN, type ClientKeyRecord, type ClientLimits, type ClientQuotas } from '../../schemas/client-keys.js'
 
 /*
  * Client key records: the file format (JSON Lines), the in-memory index auth reads, and the secrets.
@@ -43,6 +43,7 @@ function problem (value: unknown): string | null {
   }
   if (Number.isNaN(instant(value.created))) return '/created: not an ISO 8601 date'
   if (value.expires !== undefined && Number.isNaN(instant(value.expires))) return '/expires: not an ISO 8601 date'
+  if (Object.values(value.revokedSubjects ?? {}).some((at) => Number.isNaN(instant(at)))) return '/revokedSubjects: not an ISO 8601 date'
   const unknown = value.scopes.endpoints?.find((id) => !SCOPE_ENDPOINT_IDS.has(id))
   if (unknown !== undefined) return `/scopes/endpoints: unknown endpoint id ${JSON.stringify(unknown.slice(0, 64))}`
   return null
@@ -93,8 +94,12 @@ export interface ClientKeyEntry {
   models: readonly string[] | null
   /** Infinity when the key never expires. */
   expiresMs: number
-  /** The limits enforced per key so far (requests, tokens per minute, concurrency); quotas are stored only. */
+  /** The key's own requests per window, tokens per minute and concurrency (replacing the suite's). */
   limits: ClientLimits
+  /** The key's quotas over UTC calendar windows; empty when it has none. */
+  quotas: ClientQuotas
+  /** Browser-token subjects revoked, with the instant (ms) up to which their tokens are refused; absent when none. */
+  revokedSubjects?: ReadonlyMap<string, number>
 }
 
 export interface ClientKeyLookup {
@@ -105,6 +110,8 @@ export interface ClientKeyLookup {
 export interface ClientKeyIndex extends ClientKeyLookup {
   /** Usable (enabled) keys, expired ones included. */
   size: number
+  /** A usable key by record id; null when unknown, disabled or expired. */
+  byId: (id: string) => ClientKeyEntry | null
 }
 
 /**
@@ -118,11 +125,11 @@ export interface ClientKeyIndex extends ClientKeyLookup {
  * a preimage attack), and the secret behind it has 256 random bits. Disabled keys are left out of the map,
  * so they take the same path as unknown ones.
  */
-/** The record's limits that are enforced, and only those it sets. */
-function enforced (limits: ClientKeyRecord['limits']): ClientLimits {
-  const out: ClientLimits = {}
-  for (const name of ['requestsPerWindow', 'tokensPerMinute', 'maxConcurrent'] as const) {
-    const v = limits?.[name]
+/** The named fields the record sets, and only those. */
+function pick<K extends string> (limits: ClientKeyRecord['limits'], names: readonly K[]): Partial<Record<K, number>> {
+  const out: Partial<Record<K, number>> = {}
+  for (const name of names) {
+    const v = (limits as Partial<Record<K, number>> | undefined)?.[name]
     if (v !== undefined) out[name] = v
   }
   return out
@@ -130,24 +137,27 @@ function enforced (limits: ClientKeyRecord['limits']): ClientLimits {
 
 export function buildIndex (records: readonly ClientKeyRecord[], now: () => number = Date.now): ClientKeyIndex {
   const byHash = new Map<string, ClientKeyEntry>()
+  const byId = new Map<string, ClientKeyEntry>()
   for (const r of records) {
     if (r.disabled) continue
-    byHash.set(r.hash, {
+    const entry: ClientKeyEntry = {
       id: r.id,
       name: r.name,
       endpoints: r.scopes.endpoints === undefined ? null : new Set(r.scopes.endpoints),
       models: r.scopes.models ?? null,
       expiresMs: r.expires === undefined ? Number.POSITIVE_INFINITY : instant(r.expires),
-      limits: enforced(r.limits)
-    })
+      limits: pick(r.limits, ['requestsPerWindow', 'tokensPerMinute', 'maxConcurrent']),
+      quotas: pick(r.limits, ['tokensPerDay', 'tokensPerMonth', 'requestsPerDay']),
+      ...(r.revokedSubjects === undefined ? {} : { revokedSubjects: new Map(Object.entries(r.revokedSubjects).map(([sub, at]) => [sub, instant(at)])) })
+    }
+    byHash.set(r.hash, entry)
+    byId.set(r.id, entry)
   }
+  const usable = (entry: ClientKeyEntry | undefined): ClientKeyEntry | null => (entry === undefined || now() >= entry.expiresMs ? null : entry)
   return {
     size: byHash.size,
-    lookup: (presented) => {
-      if (!SECRET_PATTERN.test(presented)) return null
-      const entry = byHash.get(hashSecret(presented))
-      return entry === undefined || now() >= entry.expiresMs ? null : entry
-    }
+    lookup: (presented) => (SECRET_PATTERN.test(presented) ? usable(byHash.get(hashSecret(presented))) : null),
+    byId: (id) => usable(byId.get(id))
   }
 }
 

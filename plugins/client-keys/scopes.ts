@@ -31,7 +31,8 @@ const clientKeyScopes: FastifyPluginAsync = async (app) => {
 
   app.addHook('onRequest', async (request) => {
     const entry = clientKeyOf(request)
-    if (entry === undefined) return
+    // The proxy's own routes (a key's usage) are every key's, whatever its scopes.
+    if (entry === undefined || request.routeOptions.config.oaiProxyLocal === true) return
     const id = endpointIdOf(request)
     // A Realtime session can switch models mid-session, which this check cannot see: a key limited to some
     // models does not open one (docs/client-keys.md).
@@ -43,7 +44,7 @@ const clientKeyScopes: FastifyPluginAsync = async (app) => {
 
   app.addHook('preHandler', async (request) => {
     const models = clientKeyOf(request)?.models
-    if (models === undefined || models === null) return
+    if (models === undefined || models === null || request.routeOptions.config.oaiProxyLocal === true) return
     const entry = clientKeyOf(request) as ClientKeyEntry
     // Never null here: a route without an endpoint row (Realtime) was refused to model-scoped keys at onRequest.
     const analysis = analysisOf(request) as RequestAnalysis
