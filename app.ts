@@ -17,6 +17,7 @@ import rateLimit from './plugins/rate-limit.js'
 import tokenBudget from './plugins/token-budget.js'
 import clientKeyFile from './plugins/client-keys/file-store.js'
 import clientKeyScopes from './plugins/client-keys/scopes.js'
+import usageFile from './plugins/client-keys/usage-file.js'
 import health from './routes/health.js'
 import usageRoute from './routes/usage.js'
 import proxyRoutes, { allowedMethods } from './routes/proxy.js'
@@ -124,7 +125,11 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
   // client's against its key, so it needs to know who holds a valid one on paths auth never runs on.
   const keys = clientKeys(opts.proxyKeys ?? [])
   // Client key records (KEYS_FILE): loaded before the abuse guard, which must know their holders too.
-  if (opts.keysFile !== undefined) await app.register(clientKeyFile, { file: opts.keysFile })
+  if (opts.keysFile !== undefined) {
+    await app.register(clientKeyFile, { file: opts.keysFile })
+    // Without Redis, quota counts live in this replica's memory: kept beside the keys file across restarts.
+    if (app.oaiProxyLimits.guard.state === 'memory') await app.register(usageFile, { file: `${opts.keysFile}.usage.json`, quotas: app.oaiProxyLimits.memory.quotas })
+  }
   const records = opts.keysFile === undefined ? undefined : app.oaiProxyClientKeys
   const identify = keys.size === 0 && records === undefined
     ? undefined

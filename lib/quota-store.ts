@@ -75,7 +75,7 @@ function usageOf (w: Windows, dayTokens: number, dayRequests: number, monthToken
 }
 
 const noop = async (): Promise<void> => {}
-const refused = (why: QuotaGrant['refused']): QuotaGrant => ({ admitted: false, ...(why === undefined ? {} : { refused: why }), settle: noop, refund: noop })
+const refused = (why: NonNullable<QuotaGrant['refused']>): QuotaGrant => ({ admitted: false, refused: why, settle: noop, refund: noop })
 
 interface Count { tokens: number, requests: number }
 

@@ -6,7 +6,8 @@ import OpenAI from 'openai'
 import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { hashSecret, newKeyId, newSecret } from '../plugins/client-keys/records.js'
 import type { ClientKeyRecord } from '../schemas/client-keys.js'
-import { assertNoLeak, chatBody, proxyTest, seenByClient, type Harness } from './helper.js'
+import { assertNoLeak, chatBody, harness, proxyTest, seenByClient, type Harness } from './helper.js'
+import { hasRedis, startRedis } from './redis-helper.js'
 
 /*
  * Issue 13: a client key's quotas over UTC calendar windows (tokens per day and per month, requests per
@@ -124,6 +125,11 @@ proxyTest(t, 'keys without quotas are still metered; PROXY_KEY callers learn the
   t.equal(h.upstream.requests.filter((r) => r.url.includes('proxy')).length, 0, 'never forwarded')
 })
 
+proxyTest(t, 'without unprefixed routes the usage is at /v1/proxy/usage only', { proxy: { keysFile: file, unprefixedRoutes: false } }, async (h, t) => {
+  t.equal((await usage(h, plain)).res.statusCode, 200)
+  t.equal((await usage(h, plain, '/proxy/usage')).res.statusCode, 404)
+})
+
 proxyTest(t, 'a key scoped to other endpoints and models still reads its usage', { proxy: { keysFile: file } }, async (h, t) => {
   const { res, body } = await usage(h, scoped)
   t.equal(res.statusCode, 200)
@@ -157,4 +163,26 @@ proxyTest(t, '100 concurrent requests at the edge of a quota: exactly as many as
   t.equal(h.upstream.requests.length, admitted + 1, 'only the admitted went upstream')
   const used = (await usage(h, racing)).body.usage.day.tokens as number
   t.ok(used <= 1000, `usage after settling (${used}) is within the quota: overshoot 0`)
+})
+
+t.test('two replicas on one real Redis share a quota: 100 concurrent requests split between them', { skip: !hasRedis && 'no redis-server' }, async (t) => {
+  const server = await startRedis()
+  t.teardown(server.stop)
+  const slow = { id: 'chatcmpl-1', object: 'chat.completion', created: 1, model: 'gpt-4o-mini', choices: [], usage: { prompt_tokens: 9, completion_tokens: 3, total_tokens: 12 } }
+  const replicas = await Promise.all([harness({ proxy: { keysFile: file, redisUrl: server.url } }), harness({ proxy: { keysFile: file, redisUrl: server.url } })])
+  t.teardown(async () => { for (const h of replicas) await h.close() })
+  for (const h of replicas) h.upstream.script(() => ({ kind: 'delay', ms: 200, then: { kind: 'json', body: slow } }))
+  const [a, b] = replicas
+  const probe = chat(a, racing, { max_tokens: 90 })
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const reservation = (await usage(b, racing)).body.usage.day.tokens as number
+  t.ok(reservation > 90, 'the other replica sees the reservation in flight')
+  await probe
+  const left = 1000 - ((await usage(b, racing)).body.usage.day.tokens as number)
+  const answers = await Promise.all(Array.from({ length: 100 }, (_, i) => chat(i % 2 === 0 ? a : b, racing, { max_tokens: 90 })))
+  const admitted = answers.filter((r) => r.statusCode === 200).length
+  t.equal(admitted, Math.floor(left / reservation), `admitted ${admitted} between the two replicas: as many as fit, not one more`)
+  t.equal(a.upstream.requests.length + b.upstream.requests.length, admitted + 1)
+  t.ok(((await usage(a, racing)).body.usage.day.tokens as number) <= 1000, 'settled usage within the quota')
+  for (const h of replicas) for (const r of answers) assertNoLeak(t, seenByClient(r), [...h.secrets, ...secrets], 'answer')
 })
