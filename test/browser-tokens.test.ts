@@ -19,10 +19,10 @@ import { compileOrigins } from '../lib/origins.js'
  * The proxy, the SDK and a real browser are in browser-tokens-proxy and browser-tokens-chromium.
  */
 
-export const newTokenSecret = (): string => randomBytes(32).toString('base64url')
-export const ORIGIN = 'https://app.example'
+const newTokenSecret = (): string => randomBytes(32).toString('base64url')
+const ORIGIN = 'https://app.example'
 
-export function tokenRecord (extra: Partial<ClientKeyRecord> = {}): ClientKeyRecord {
+function tokenRecord (extra: Partial<ClientKeyRecord> = {}): ClientKeyRecord {
   const secret = newSecret()
   return { id: newKeyId(), name: 'class', hash: hashSecret(secret), prefix: secret.slice(0, 12), created: new Date().toISOString(), disabled: false, scopes: {}, metadata: {}, ...extra }
 }
@@ -86,10 +86,10 @@ t.test('tampered, truncated, oversized and look-alike tokens are refused', async
     'extra dots': `oarpt.${body}.${sig}.${sig}`,
     'a dot inside': `oarpt.${body.slice(0, 5)}.${body.slice(5)}.${sig}`,
     'not base64url': `oarpt.${body}+/.${sig}`,
-    'padding': `oarpt.${body}=.${sig}`,
+    padding: `oarpt.${body}=.${sig}`,
     'another prefix': `oarpu.${body}.${sig}`,
-    'huge': `oarpt.${'A'.repeat(MAX_TOKEN_LENGTH)}.${sig}`,
-    'empty': ''
+    huge: `oarpt.${'A'.repeat(MAX_TOKEN_LENGTH)}.${sig}`,
+    empty: ''
   }
   for (const [name, bad] of Object.entries(cases)) t.not(reason(bad), 'ok', name)
   t.equal(reason(cases['a signature character changed'] as string), 'signature')
