@@ -283,5 +283,9 @@ proxyTest(t, 'usage: the key\'s quotas and what it used today and this month', {
   t.equal(body.id, made.id)
   t.strictSame(body.quotas, { tokensPerDay: 100000, requestsPerDay: 10 }, 'the quotas only, not the other limits')
   t.match(body.usage, { day: { start: /^\d{4}-\d{2}-\d{2}T00:00:00/, resetAt: String, tokens: Number, requests: Number }, month: { start: /-01T00:00:00/, resetAt: String, tokens: Number } })
-  scanLogs(t, h, [made])
+  const plain = JSON.parse((await adminCall(h, 'POST', '/ops/proxy-admin/keys', { name: 'no quotas' })).body) as Created
+  const none = JSON.parse((await adminCall(h, 'GET', `/ops/proxy-admin/keys/${plain.id}/usage`)).body) as { quotas: Json, usage: { day: { tokens: number } } }
+  t.strictSame(none.quotas, {}, 'a key without quotas')
+  t.equal(none.usage.day.tokens, 0)
+  scanLogs(t, h, [made, plain])
 })

@@ -162,7 +162,8 @@ export async function runKeysCli (argv: readonly string[], env: Record<string, s
     else await change(file, command, rest[0], values, io)
     return 0
   } catch (err) {
-    const usage = err instanceof KeyInputError ? err.describe(FLAG_OF[err.field] ?? err.field) : err instanceof UsageError ? err.message : undefined
+    // Every field a record built from these flags can be refused on has its flag in FLAG_OF.
+    const usage = err instanceof KeyInputError ? err.describe(FLAG_OF[err.field] as string) : err instanceof UsageError ? err.message : undefined
     if (usage !== undefined) {
       io.err(`oai-reverse-proxy keys: ${usage}\n${USAGE}\n`)
       return 2

@@ -80,8 +80,8 @@ const PLACEHOLDER_ID = 'key_aaaaaaaaaaaa'
 
 /** `/limits/tokensPerDay` -> `limits.tokensPerDay`; `/scopes/models/3` -> `scopes.models`; `/metadata/team` -> `metadata`. */
 function fieldOf (path: string): string {
-  const [first = 'record', second] = path.split('/').filter((p) => p.length > 0)
-  return (first === 'limits' || first === 'scopes') && second !== undefined && !/^\d+$/.test(second) ? `${first}.${second}` : first
+  const parts = path.split('/').slice(1, 3)
+  return parts[0] === 'limits' || parts[0] === 'scopes' ? parts.join('.') : parts[0] as string
 }
 
 function valid (record: ClientKeyRecord): ClientKeyRecord {
