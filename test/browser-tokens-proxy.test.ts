@@ -208,6 +208,9 @@ t.test('a host app mints for its signed-in users through oaiProxyTokenMinter', a
   const r = await app.inject({ method: 'POST', url: '/ai/v1/chat/completions', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}`, origin: ORIGIN }, payload: JSON.stringify(chatBody()) })
   t.equal(r.statusCode, 200, r.body)
   t.throws(() => app.oaiProxyMintToken({ sub: 'u', key: basic.id, origin: 'https://not-in-cors.example' }), /not in the CORS allowlist/)
+  const refusedMint = await app.inject({ method: 'POST', url: '/api/ai-token', headers: { 'x-user': 'a user with spaces' } })
+  t.equal(refusedMint.statusCode, 400, 'a refusal thrown through a host route is a 400')
+  t.match(refusedMint.json(), { message: /sub must be 1 to 128 printable ASCII/ })
   assertNoLeak(t, seenByClient(r) + minted.body, [upstreamKey, secret], 'answers')
 
   const twice = Fastify()

@@ -57,9 +57,10 @@ export interface MintTokenOptions {
 }
 export interface MintedToken { token: string, expiresAt: string }
 
-/** A token that cannot be minted; the message says why (never a secret). */
+/** A token that cannot be minted; the message says why (never a secret). A 400 when a route throws it. */
 export class BrowserTokenError extends Error {
   override name = 'BrowserTokenError'
+  statusCode = 400
 }
 
 /** The usable record by id: `app.oaiProxyClientKeys.byId`. */
