@@ -268,5 +268,7 @@ t.test('the keys token CLI', async (t) => {
   t.match(await run(args, { KEYS_FILE: file, TOKEN_SECRETS: secret, CORS_ORIGINS: 'https://elsewhere.example' }), { code: 1, err: /not in the CORS allowlist/ })
   t.match(await run(['--key', off.id, '--sub', 'a', '--origin', ORIGIN]), { code: 1, err: /key must name an enabled/ })
   t.match(await run(['--key', scoped.id, '--sub', 'a', '--origin', ORIGIN, '--models', 'o3']), { code: 1, err: /do not allow model "o3"/ })
+  const chatOnly = await run(['--key', scoped.id, '--sub', 'a', '--origin', ORIGIN, '--endpoints', 'chat.completions'])
+  t.strictSame(payloadOf(chatOnly.out.split('\n')[0] as string).scopes, { endpoints: ['chat.completions'] })
   for (const r of [ok, json]) t.notMatch(r.out + r.err, secret, 'the secret is never printed')
 })
