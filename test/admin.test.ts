@@ -160,6 +160,8 @@ proxyTest(t, 'who may call it: only the admin key; a proxy key, a client key, a 
     t.notOk(res.body.includes('bob'), 'nothing of the keys')
   }
   t.equal((await adminCall(h, 'GET', '/admin/keys', undefined, { 'x-admin-key': ADMIN_KEY })).statusCode, 200, 'x-admin-key is accepted')
+  t.equal((await adminCall(h, 'GET', '/admin/keys', undefined, { authorization: 'Basic dXNlcjpwYXNz', 'x-admin-key': ADMIN_KEY })).statusCode, 200, 'x-admin-key beside an Authorization header used for something else')
+  t.equal((await adminCall(h, 'GET', '/admin/keys', undefined, { authorization: `Bearer ${'x'.repeat(1025)}` })).statusCode, 401, 'a key over 1024 characters is not compared')
   t.equal((await adminCall(h, 'GET', '/admin/keys', undefined, { authorization: `bearer  ${ADMIN_KEY} ` })).statusCode, 200, 'Bearer in any case, spaces around')
   // And the admin key is not a proxy key: the pipeline refuses it.
   t.equal((await chat(h, ADMIN_KEY)).statusCode, 401, 'the admin key cannot call the proxy')

@@ -14,12 +14,19 @@ import { matchKey } from '../auth.js'
 /** Failed admin requests per address per minute; past it every admin request from there gets 429 for the rest of the minute. */
 export const ADMIN_FAILURES_PER_MINUTE = 10
 
-/** `Authorization: Bearer <key>`, else `x-admin-key: <key>`; the Bearer rule of plugins/auth.ts (printable ASCII). */
-function adminKeyOf (request: FastifyRequest): string | undefined {
+/**
+ * The keys presented: `Authorization: Bearer <key>` and `x-admin-key: <key>` (for tools whose
+ * Authorization header is already taken), each by the Bearer rule of plugins/auth.ts (printable ASCII).
+ */
+function presented (request: FastifyRequest): string[] {
+  const keys: string[] = []
   const auth = request.headers.authorization
-  if (typeof auth === 'string' && auth.length > 0) return /^Bearer[ \t]+([\x21-\x7e]{1,1024})[ \t]*$/i.exec(auth)?.[1]
+  const bearer = typeof auth === 'string' ? /^Bearer[ \t]+([\x21-\x7e]{1,1024})[ \t]*$/i.exec(auth)?.[1] : undefined
+  if (bearer !== undefined) keys.push(bearer)
   const header = request.headers['x-admin-key']
-  return typeof header === 'string' ? /^[ \t]*([\x21-\x7e]{1,1024})[ \t]*$/.exec(header)?.[1] : undefined
+  const own = typeof header === 'string' ? /^[ \t]*([\x21-\x7e]{1,1024})[ \t]*$/.exec(header)?.[1] : undefined
+  if (own !== undefined) keys.push(own)
+  return keys
 }
 
 /** The onRequest hook of the admin scope: before the body is read, as the proxy's own auth. */
@@ -33,8 +40,7 @@ export function adminAuth (app: FastifyInstance, key: string): onRequestAsyncHoo
     if (!seen.isAllowed && seen.remaining <= 0) {
       throw proxyError('REQUESTS_LIMITED', [`Too many failed admin requests from your address. Please try again in ${seen.ttlInSeconds}s.`], { headers: retryHeaders(seen.ttl) })
     }
-    const presented = adminKeyOf(request)
-    if (presented !== undefined && matchKey(presented, digests) === 0) return
+    if (presented(request).some((candidate) => matchKey(candidate, digests) === 0)) return
     await failures(request)
     throw proxyError('ADMIN_UNAUTHORIZED')
   }
