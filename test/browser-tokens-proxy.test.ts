@@ -141,6 +141,17 @@ proxyTest(t, 'disabling the record or revoking a subject ends tokens without a r
   scan(t, h, [], [alice, bob])
 })
 
+const shared = tokenRecord({ limits: { requestsPerDay: 3 } })
+proxyTest(t, 'quotas are the record\'s: every subject under it spends one budget', { proxy: proxyOpts(keysFile([shared])) }, async (h, t) => {
+  const [alice, bob] = ['alice', 'bob'].map((sub) => mintFor([shared], { key: shared.id, sub }))
+  t.strictSame([(await chat(h, alice as string)).statusCode, (await chat(h, alice as string)).statusCode, (await chat(h, bob as string)).statusCode], [200, 200, 200])
+  const over = await chat(h, bob as string)
+  t.equal(over.statusCode, 429, 'bob\'s first request of the day is refused: alice spent most of it')
+  t.equal(errorOf(over).code, 'insufficient_quota')
+  t.equal(h.upstream.requests.length, 3)
+  scan(t, h, [over], [alice as string, bob as string])
+})
+
 t.test('rotation: a token signed by the old secret works while it is listed, and not after', async (t) => {
   const next = newTokenSecret()
   const file = keysFile([basic])
