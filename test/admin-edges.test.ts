@@ -8,6 +8,7 @@ import oaiProxy from '../app.js'
 import admin from '../plugins/admin/index.js'
 import { readConfig } from '../plugins/config.js'
 import { writeKeysFile } from '../plugins/client-keys/file-io.js'
+import { hashSecret } from '../plugins/client-keys/records.js'
 import type { OaiProxyClientKeys } from '../plugins/client-keys/store.js'
 import type { OaiProxyOptions } from '../schemas/config.js'
 import { canaryKey, chatBody, proxyTest, randomToken } from './helper.js'
@@ -82,6 +83,8 @@ proxyTest(t, 'over real sockets: create, list, and the created key calls the pro
   const noBody = await fetch(`${h.url}/admin/keys/${id}/disable`, { method: 'POST', headers: { authorization: headers.authorization } })
   t.equal(noBody.status, 200, 'a POST without a body')
   t.equal((await noBody.json() as { disabled: boolean }).disabled, true)
+  const logs = h.logs.join('')
+  for (const s of ['k'.repeat(32), secret, hashSecret(secret), secret.slice(0, 12)]) t.notOk(logs.includes(s), 'no admin key, secret, hash or prefix in the logs')
 })
 
 t.test('a store error the catalogue does not name is passed on as it is (the suite\'s error handler makes it a 500 internal_error)', async (t) => {

@@ -179,6 +179,7 @@ proxyTest(t, 'failed admin requests have their own bucket: past it, 429 with ret
   t.match(errorOf(banned).message, /Too many failed admin requests from your address/)
   t.match(banned.headers['retry-after'], /^\d+$/)
   t.equal((await chat(h, h.proxyKey)).statusCode, 200, 'the proxy itself is not affected')
+  scanLogs(t, h, [])
 })
 
 proxyTest(t, 'without ADMIN_KEY there is no admin API: 404 exactly like an unknown path', { proxy: { keysFile: keysFile() } }, async (h, t) => {
@@ -261,6 +262,7 @@ proxyTest(t, 'a keys file that cannot be read or written: 503, the file left as 
     t.match(errorOf(res), { code: 'keys_store_unavailable', message: /line 1: not valid JSON/ })
   }
   t.equal(readFileSync(file, 'utf8'), 'not json\n')
+  scanLogs(t, h, [])
 })
 writeKeysFile(join(dir, 'broken.jsonl'), [])
 
@@ -271,6 +273,7 @@ proxyTest(t, 'without a keys store the key routes say so (400), after auth', { p
     t.match(errorOf(res), { code: 'keys_store_not_configured' })
   }
   t.equal((await adminCall(h, 'GET', '/admin/keys', undefined, {})).statusCode, 401, 'auth first')
+  scanLogs(t, h, [])
 })
 
 proxyTest(t, 'usage: the key\'s quotas and what it used today and this month', {
