@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { Redis } from 'ioredis'
 import auth, { clientKeys, presentedKey } from './plugins/auth.js'
 import cors from './plugins/cors.js'
 import errorHandler from './plugins/error-handler.js'
@@ -17,7 +18,10 @@ import rateLimit from './plugins/rate-limit.js'
 import tokenBudget from './plugins/token-budget.js'
 import clientKeyFile from './plugins/client-keys/file-store.js'
 import clientKeyScopes from './plugins/client-keys/scopes.js'
+import adminApi from './plugins/admin/index.js'
 import usageFile from './plugins/client-keys/usage-file.js'
+import clientKeyRedis from './plugins/client-keys/redis-store.js'
+import browserTokens from './plugins/client-keys/browser-token-plugin.js'
 import health from './routes/health.js'
 import usageRoute from './routes/usage.js'
 import proxyRoutes, { allowedMethods } from './routes/proxy.js'
@@ -53,8 +57,12 @@ export function resolveOptions (opts: OaiProxyOptions) {
   const wanted = opts.endpoints
   const unknown = wanted?.filter((id) => !allEndpoints.some((e) => e.id === id)) ?? []
   if (unknown.length > 0) throw new Error(`oai-proxy: invalid option /endpoints: unknown endpoint id ${unknown.join(', ')}`)
+  if (opts.keysStore === 'redis' && opts.keysFile !== undefined) throw new Error('oai-proxy: invalid option /keysStore: give keysFile (KEYS_FILE) or keysStore redis (KEYS_STORE=redis), not both')
+  if (opts.keysStore === 'redis' && opts.redis === undefined && opts.redisUrl === undefined) throw new Error('oai-proxy: invalid option /keysStore: redis needs redisUrl (REDIS_URL)')
   // Realtime voice, over WebSocket or WebRTC, is one opt-in: billed at a premium, unread by the output guardrail.
   const realtime = opts.realtime?.enabled ?? false
+  // A token names a client key record (its class): without records there is nothing to verify it against.
+  if (opts.browserTokens !== undefined && opts.keysFile === undefined && opts.keysStore === undefined) throw new Error('oai-proxy: invalid option /browserTokens: needs keysFile (KEYS_FILE) or keysStore (KEYS_STORE); a token names a client key record')
   if (!realtime && wanted?.includes(REALTIME_CALLS) === true) throw new Error(`oai-proxy: invalid option /endpoints: ${REALTIME_CALLS} needs realtime.enabled (REALTIME=true)`)
   const served = allEndpoints.filter((e) => (wanted === undefined || wanted.includes(e.id)) && (realtime || e.id !== REALTIME_CALLS))
   return {
@@ -128,20 +136,26 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
   if (opts.keysFile !== undefined) {
     await app.register(clientKeyFile, { file: opts.keysFile })
     // Without Redis, quota counts live in this replica's memory: kept beside the keys file across restarts.
-    if (app.oaiProxyLimits.guard.state === 'memory') await app.register(usageFile, { file: `${opts.keysFile}.usage.json`, quotas: app.oaiProxyLimits.memory.quotas })
+    if (app.oaiProxyLimits.redis === undefined) await app.register(usageFile, { file: `${opts.keysFile}.usage.json`, quotas: app.oaiProxyLimits.memory.quotas })
+  } else if (opts.keysStore === 'redis') {
+    await app.register(clientKeyRedis, { redis: app.oaiProxyLimits.redis as Redis })
   }
-  const records = opts.keysFile === undefined ? undefined : app.oaiProxyClientKeys
+  const records = opts.keysFile === undefined && opts.keysStore === undefined ? undefined : app.oaiProxyClientKeys
+  if (records !== undefined && opts.browserTokens !== undefined) await app.register(browserTokens, { secrets: opts.browserTokens.secrets, keys: records, corsOrigins: opts.cors?.origins ?? [] })
+  const tokens = opts.browserTokens === undefined ? undefined : app.oaiProxyBrowserTokens
   const identify = keys.size === 0 && records === undefined
     ? undefined
     : (request: FastifyRequest) => {
         const key = presentedKey(request)
-        return key === undefined ? null : (records?.lookup(key)?.id ?? keys.idOf(key))
+        return key === undefined ? null : (records?.lookup(key)?.id ?? tokens?.idOf(key, request.headers.origin) ?? keys.idOf(key))
       }
   await app.register(abuseGuard, { failuresPerMinute: limits.failuresPerMinute, identify })
   await app.register(health)
+  // A sibling of the pipeline, not inside it: proxy keys, the proxy's limits and the upstream never see it.
+  if (opts.admin !== undefined) await app.register(adminApi, { key: opts.admin.key, prefix: opts.admin.prefix, proxyKeys: opts.proxyKeys, keys: records })
   await app.register(async (pipeline) => {
     await pipeline.register(requestGuard)
-    await pipeline.register(auth, { proxyKeys: opts.proxyKeys, resolveClient: opts.resolveClient, keyRecords: records })
+    await pipeline.register(auth, { proxyKeys: opts.proxyKeys, resolveClient: opts.resolveClient, keyRecords: records, browserTokens: tokens })
     await pipeline.register(clientBans)
     await pipeline.register(rateLimit, { requestsPerWindow: limits.requestsPerWindow, windowMs: limits.windowMs, perClient: records !== undefined })
     await pipeline.register(jsonBody, { bodyLimit: opts.bodyLimit, maxJsonDepth: opts.maxJsonDepth, maxBytesInFlight: opts.maxBodyBytesInFlight })

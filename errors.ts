@@ -57,6 +57,10 @@ const catalogue = {
   MULTIPART_FIELD_TOO_LARGE: { status: 413, type: 'invalid_request_error', code: 'field_too_large', message: 'Text fields are too large: %s.' },
   FILE_TOO_LARGE: { status: 413, type: 'invalid_request_error', code: 'file_too_large', message: 'Uploaded files are too large: %s.' },
   FILE_TYPE_NOT_ALLOWED: { status: 400, type: 'invalid_request_error', code: 'invalid_file_format', message: "Invalid file format for '%s'. Supported formats: %s." },
+  ADMIN_UNAUTHORIZED: { status: 401, type: 'invalid_request_error', code: 'invalid_admin_key', message: "Missing or incorrect admin key. Send it as 'Authorization: Bearer <ADMIN_KEY>'." },
+  ADMIN_KEY_NOT_FOUND: { status: 404, type: 'invalid_request_error', code: 'key_not_found', message: 'No client key %s.' },
+  ADMIN_NO_KEYS_STORE: { status: 400, type: 'invalid_request_error', code: 'keys_store_not_configured', message: 'This proxy has no keys store (KEYS_FILE), so there are no client keys to manage.' },
+  ADMIN_STORE_FAILED: { status: 503, type: 'server_error', code: 'keys_store_unavailable', message: 'The keys store could not be read or changed: %s' },
   INTERNAL: { status: 500, type: 'server_error', code: 'internal_error', message: 'The proxy hit an internal error.' }
 } as const
 

@@ -4,6 +4,8 @@
  */
 export { default, default as oaiProxy, resolveOptions, VERSION } from './app.js'
 export { default as auth, matchKey, type AuthOptions, type OaiProxyClient, type ResolveClient } from './plugins/auth.js'
+export { oaiProxyTokenMinter, type MintToken } from './plugins/client-keys/browser-token-plugin.js'
+export { mintBrowserToken, browserTokenVerifier, BrowserTokenError, type MintTokenOptions, type MintedToken, type BrowserTokenPayload } from './plugins/client-keys/browser-tokens.js'
 export { default as cors, corsAllowedHeaders, corsExposedHeaders, type CorsOptions } from './plugins/cors.js'
 export { compileOrigins, type OriginMatcher } from './lib/origins.js'
 export { default as keyInjection, type KeyInjectionOptions, type OaiProxyKeys } from './plugins/key-injection.js'

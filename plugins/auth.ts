@@ -6,6 +6,8 @@ import { fingerprint } from '../lib/key-pool.js'
 import { subprotocolKey } from '../lib/realtime-upgrade.js'
 import { SECRET_PREFIX, type ClientLimits, type ClientQuotas } from '../schemas/client-keys.js'
 import { attachClientKey, type ClientKeyLookup } from './client-keys/records.js'
+import { TOKEN_PREFIX, type BrowserTokenVerifier } from './client-keys/browser-tokens.js'
+import { admitBrowserToken } from './client-keys/browser-token-plugin.js'
 
 /**
  * A host app's own identity check (session, JWT, API token). Resolve to `{ id }` for a known caller (the id
@@ -28,13 +30,15 @@ export interface AuthOptions {
    * any other in `proxyKeys`. Cannot be combined with `resolveClient`.
    */
   keyRecords?: ClientKeyLookup | undefined
+  /** Short-lived browser tokens (`oarpt.…`, docs/browser.md), checked against the request's Origin. */
+  browserTokens?: BrowserTokenVerifier | undefined
 }
 
 /** Who is calling. `id` keys rate limits and logs; it never contains a secret. */
 export interface OaiProxyClient {
   id: string
   /** `host`: identified by the host app's `resolveClient`; `client-key`: a record of the keys file (`id` is the record's id). */
-  kind: 'proxy-key' | 'anonymous' | 'host' | 'client-key'
+  kind: 'proxy-key' | 'anonymous' | 'host' | 'client-key' | 'browser-token'
   /** This client's own limits, replacing the suite's where set (a client key's record; 0 turns one off for it). */
   limits?: ClientLimits
   /** The account its use is charged to and that account's quotas (a client key's record; several clients may share one). */
@@ -141,6 +145,7 @@ const auth: FastifyPluginAsync<AuthOptions> = async (app, opts) => {
     }
     const candidate = presentedKey(request)
     if (candidate === undefined) throw proxyError('MISSING_KEY')
+    if (opts.browserTokens !== undefined && candidate.startsWith(TOKEN_PREFIX)) return admitBrowserToken(request, candidate, opts.browserTokens)
     // Unknown, disabled and expired client keys all fall through to the same 401 as a wrong proxy key.
     const entry = records !== undefined && candidate.startsWith(SECRET_PREFIX) ? records.lookup(candidate) : null
     if (entry !== null) {

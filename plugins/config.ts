@@ -119,7 +119,14 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     }
   }
   const organization = secrets('OPENAI_ORGANIZATION', env.OPENAI_ORGANIZATION)[0]
+  // One key, commas and all: not a list like the other secrets. Its length and uniqueness are the admin plugin's checks.
+  const adminKey = env.ADMIN_KEY === undefined || env.ADMIN_KEY === '' ? undefined : env.ADMIN_KEY
+  if (adminKey !== undefined && !/^[\x21-\x7e]{1,512}$/.test(adminKey)) throw new ConfigError('ADMIN_KEY: has invalid characters or length')
   const project = secrets('OPENAI_PROJECT', env.OPENAI_PROJECT)[0]
+  const tokenSecrets = secrets('TOKEN_SECRETS', env.TOKEN_SECRETS)
+  tokenSecrets.forEach((s, i) => {
+    if (s.length < 32) throw new ConfigError(`TOKEN_SECRETS: entry ${i + 1} is shorter than 32 characters`)
+  })
   const endpoints = list(env.ENDPOINTS)
   const corsOrigins = list(env.CORS_ORIGINS)
   try {
@@ -138,6 +145,9 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     openaiKeys,
     proxyKeys: secrets('PROXY_KEY', env.PROXY_KEY),
     ...(env.KEYS_FILE === undefined ? {} : { keysFile: env.KEYS_FILE }),
+    ...(env.KEYS_STORE === undefined ? {} : { keysStore: env.KEYS_STORE }),
+    ...(adminKey === undefined ? {} : { admin: { key: adminKey, ...(env.ADMIN_PREFIX === undefined ? {} : { prefix: env.ADMIN_PREFIX }) } }),
+    ...(tokenSecrets.length === 0 ? {} : { browserTokens: { secrets: tokenSecrets } }),
     ...(env.UPSTREAM_URL === undefined ? {} : { upstreamUrl: env.UPSTREAM_URL }),
     ...(organization === undefined ? {} : { organization }),
     ...(project === undefined ? {} : { project }),

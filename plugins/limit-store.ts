@@ -21,6 +21,8 @@ export interface OaiProxyLimits {
   store: GuardedLimitStore
   /** This replica's memory store (the fallback under `onStoreError: 'open'`); its quota counters are persisted with a keys file. */
   memory: MemoryLimitStore
+  /** The Redis client limits use, when configured (client key records may live there too). */
+  redis: Redis | undefined
 }
 
 declare module 'fastify' {
@@ -56,7 +58,7 @@ const limitStore: FastifyPluginAsync<LimitStoreOptions> = async (app, opts) => {
   }
   const guard = new StoreGuard(redis, opts.onStoreError, opts.storeTimeoutMs, app.log)
   const memory = new MemoryLimitStore()
-  app.decorate('oaiProxyLimits', { guard, memory, store: new GuardedLimitStore(guard, redis === undefined ? undefined : new RedisLimitStore(redis), memory) })
+  app.decorate('oaiProxyLimits', { guard, memory, redis, store: new GuardedLimitStore(guard, redis === undefined ? undefined : new RedisLimitStore(redis), memory) })
   await app.register(fastifyRateLimit, { global: false, store: guardedCounterStore(guard, redis), skipOnError: false })
 }
 

@@ -49,6 +49,22 @@ export const OaiProxyOptionsSchema = Type.Object({
   proxyKeys: Type.Optional(Type.Array(Secret)),
   /** Client key records, JSON Lines (`KEYS_FILE`, docs/client-keys.md): must exist; re-read when it changes. */
   keysFile: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+  /** `redis` (`KEYS_STORE=redis`): client key records in Redis (`redisUrl` or `redis`), shared by every replica, instead of a file. */
+  keysStore: Type.Optional(Type.Literal('redis')),
+  /**
+   * Short-lived signed browser tokens (`oarpt.…`, docs/browser.md); needs `keysFile`. `secrets`
+   * (`TOKEN_SECRETS`): the first signs, every one verifies (rotation with an overlap); at least 32 characters each.
+   */
+  browserTokens: Type.Optional(Type.Object({
+    secrets: Type.Array(Type.String({ minLength: 32, maxLength: 512, pattern: '^[\\x21-\\x7e]+$' }), { minItems: 1, maxItems: 16 })
+  }, { additionalProperties: false })),
+  /** The admin API (docs/admin-api.md): served only when set; `key` at least 32 characters and none of `proxyKeys`. */
+  admin: Type.Optional(Type.Object({
+    /** ADMIN_KEY, presented as `Authorization: Bearer` or `x-admin-key`. */
+    key: Secret,
+    /** Where its routes live (ADMIN_PREFIX). Default `/admin`. */
+    prefix: Type.Optional(Type.String({ minLength: 2, maxLength: 300 }))
+  }, { additionalProperties: false })),
   /** Extra CA certificate(s), PEM, trusted for the upstream TLS connection. Verification is never turned off. */
   upstreamCa: Type.Optional(Type.String({ minLength: 1 })),
   /** Largest JSON request body in bytes. Default 10 MiB. */
@@ -129,6 +145,11 @@ export const EnvSchema = Type.Object({
   OPENAI_PROJECT: Type.Optional(Type.String()),
   PROXY_KEY: Type.Optional(Type.String()),
   KEYS_FILE: Type.Optional(Type.String({ minLength: 1 })),
+  KEYS_STORE: Type.Optional(Type.Literal('redis')),
+  ADMIN_KEY: Type.Optional(Type.String()),
+  ADMIN_PREFIX: Type.Optional(Type.String({ minLength: 1 })),
+  /** Comma-separated browser-token secrets (docs/browser.md): the first signs, all verify. */
+  TOKEN_SECRETS: Type.Optional(Type.String()),
   UPSTREAM_CA_FILE: Type.Optional(Type.String()),
   TRUST_PROXY: Type.Optional(Type.String()),
   BODY_LIMIT: Int(1024, 256 * 1024 * 1024),

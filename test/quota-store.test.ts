@@ -81,7 +81,7 @@ t.test('redis quotas', { skip: !hasRedis && 'no redis-server' }, async (t) => {
   const redis = new Redis(server.url)
   t.teardown(() => { redis.disconnect() })
   const store = new RedisQuotas(redis)
-  new RedisQuotas(redis) // a second store on the same client reuses its scripts
+  t.ok(new RedisQuotas(redis), 'a second store on the same client reuses its scripts')
   await behaviour(t, store, 'key_r')
   t.strictSame((await store.usage('key_none', at('2026-12-05T12:00:00Z'))).day.tokens, 0, 'an account never seen has used nothing')
   t.ok(await redis.pttl('oaiproxy:quota:{key_r}:m:2026-12') > 300 * 86_400_000, 'months are kept for a year of reporting')
