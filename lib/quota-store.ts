@@ -61,7 +61,8 @@ function firstRefused (quotas: Quotas, tokens: number, requests: number, used: {
   ]
   for (const [quota, count, cost, resetAt] of checks) {
     const limit = quotas[quota]
-    if (limit !== undefined && count + cost > limit) return { quota, limit, used: count, resetAt }
+    // A used-up quota refuses even what costs nothing of it (a model list, a Realtime handshake), as OpenAI does.
+    if (limit !== undefined && (count + cost > limit || count >= limit)) return { quota, limit, used: count, resetAt }
   }
   return undefined
 }
@@ -155,9 +156,9 @@ local dt = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
 local mt = tonumber(redis.call('HGET', KEYS[2], 't') or '0')
 local cost, n = tonumber(ARGV[1]), tonumber(ARGV[7])
 local lr, ld, lm = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if lr >= 0 and dr + n > lr then return {0, 1, dr} end
-if ld >= 0 and dt + cost > ld then return {0, 2, dt} end
-if lm >= 0 and mt + cost > lm then return {0, 3, mt} end
+if lr >= 0 and (dr + n > lr or dr >= lr) then return {0, 1, dr} end
+if ld >= 0 and (dt + cost > ld or dt >= ld) then return {0, 2, dt} end
+if lm >= 0 and (mt + cost > lm or mt >= lm) then return {0, 3, mt} end
 redis.call('HINCRBY', KEYS[1], 'r', n)
 redis.call('HINCRBY', KEYS[1], 't', cost)
 redis.call('HINCRBY', KEYS[2], 't', cost)

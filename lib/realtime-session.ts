@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { LimitStore } from './limit-store.js'
+import type { QuotaUsage, Quotas } from './quota-store.js'
 import { contentOf, errorEvent, parseClientEvent, upstreamEvent, type ClientEvent } from './realtime-events.js'
 import type { RealtimeFilter } from './realtime-filter.js'
 import { checkSettings, refusal, type Refusal } from './realtime-policy.js'
@@ -24,6 +25,17 @@ export function budgetRefusal (limit: number, used: number, resetMs: number): Re
   return refusal('TOKENS_LIMITED', [`Rate limit reached on tokens per min (TPM): Limit ${limit}, Used ${used}. Please try again in ${Math.ceil(resetMs / 1000)}s.`], null, 'tokens_per_minute')
 }
 
+/** A token quota used up by `usage`, as the refusal the client gets and when it lifts; null while some is left. */
+export function quotaSpent (quotas: Quotas, usage: QuotaUsage): { refusal: Refusal, resetAt: number } | null {
+  const spent = quotas.tokensPerDay !== undefined && usage.day.tokens >= quotas.tokensPerDay
+    ? { name: 'tokens per day', limit: quotas.tokensPerDay, used: usage.day.tokens, reset: usage.day.resetAt }
+    : quotas.tokensPerMonth !== undefined && usage.month.tokens >= quotas.tokensPerMonth
+      ? { name: 'tokens per month', limit: quotas.tokensPerMonth, used: usage.month.tokens, reset: usage.month.resetAt }
+      : null
+  if (spent === null) return null
+  return { refusal: refusal('QUOTA_EXCEEDED', [spent.name, spent.limit, spent.used, spent.reset], null, 'quota'), resetAt: Date.parse(spent.reset) }
+}
+
 export interface SessionEventsOptions {
   policy: RequestPolicyConfig
   /** The prompt filter; null: off. */
@@ -35,8 +47,10 @@ export interface SessionEventsOptions {
   secrets: readonly string[]
   /** Tokens per minute (0: no budget), the store that counts them and the client's key in it. */
   tokensPerMinute: number
-  store: Pick<LimitStore, 'reserveTokens'>
+  store: Pick<LimitStore, 'reserveTokens' | 'reserveQuota' | 'quotaUsage'>
   client: string
+  /** The account the session's tokens are charged to and its quotas (a client key's record); absent: not metered. */
+  quota?: { account: string, quotas: Quotas } | undefined
   log: FastifyBaseLogger
 }
 
@@ -74,6 +88,7 @@ export class SessionEvents {
   #charge (usage: number): void {
     const o = this.#opts
     this.tokens += usage
+    if (o.quota !== undefined) this.#chargeQuota(o.quota, usage)
     if (o.tokensPerMinute <= 0) return
     // The limit only decides admission; tokens already used are recorded whatever it is.
     o.store.reserveTokens(o.client, usage, Number.MAX_SAFE_INTEGER, TPM_WINDOW_MS).then((grant) => {
@@ -81,6 +96,22 @@ export class SessionEvents {
       this.#blocked = budgetRefusal(o.tokensPerMinute, grant.used, grant.resetMs)
       this.#blockedUntil = Date.now() + grant.resetMs
     }, (err: unknown) => o.log.warn({ err }, 'oai-proxy: realtime usage not recorded'))
+  }
+
+  /**
+   * The account's day and month: tokens already used are recorded whatever the quota (a charge of no
+   * request); once a token quota is used up, responses are refused until it resets, as at the handshake.
+   */
+  #chargeQuota (quota: { account: string, quotas: Quotas }, usage: number): void {
+    const o = this.#opts
+    const now = Date.now()
+    o.store.reserveQuota(quota.account, usage, {}, now, 0)
+      .then(async () => quotaSpent(quota.quotas, await o.store.quotaUsage(quota.account, now)))
+      .then((spent) => {
+        if (spent === null) return
+        this.#blocked = spent.refusal
+        this.#blockedUntil = spent.resetAt
+      }, (err: unknown) => o.log.warn({ err }, 'oai-proxy: realtime usage not recorded'))
   }
 
   #logRefusal (event: ClientEvent, r: Refusal, content: ReturnType<typeof contentOf> | null): void {

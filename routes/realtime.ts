@@ -142,7 +142,7 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
 
   function relay (request: FastifyRequest, reply: FastifyReply, client: WebSocket, upstream: WebSocket, keyId: string, model: string): void {
     const who = limitKey(request)
-    const events = new SessionEvents({ policy: opts.policy, filter, maxJsonDepth: opts.maxJsonDepth, logPrompts: opts.logPrompts, secrets: keys.secrets, tokensPerMinute: tokensPerMinute(request), store, client: who, log: request.log })
+    const events = new SessionEvents({ policy: opts.policy, filter, maxJsonDepth: opts.maxJsonDepth, logPrompts: opts.logPrompts, secrets: keys.secrets, tokensPerMinute: tokensPerMinute(request), store, client: who, quota: request.oaiProxyClient?.quota, log: request.log })
     const session = new Relay(client, upstream, {
       idleTimeoutMs: opts.idleTimeoutMs,
       maxDurationMs: opts.maxDurationMs,

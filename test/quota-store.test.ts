@@ -5,6 +5,7 @@ import Fastify from 'fastify'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { MemoryQuotas, quotaWindows, RedisQuotas } from '../lib/quota-store.js'
+import { quotaSpent } from '../lib/realtime-session.js'
 import usageFile, { readUsageFile } from '../plugins/client-keys/usage-file.js'
 import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { hashSecret, newKeyId, newSecret } from '../plugins/client-keys/records.js'
@@ -127,12 +128,12 @@ t.test('the usage file: written when counts change, an unreadable one set aside,
   quotas.reserve('key_x', 5, {}, Date.now())
   await sleep(80)
   t.ok(logs.some((l) => l.includes('usage file not written')), 'a failed write is logged')
-  t.strictSame(readdirSync(dir).filter((n) => n.endsWith('.tmp')), [], 'its temp file removed')
   rmSync(file, { recursive: true })
   await sleep(80)
   const day = Object.entries(await readUsageFile(file)).find(([k]) => k.startsWith('key_x|d|'))
   t.strictSame(day?.[1], [10, 2], 'and retried')
   await app.close()
+  t.strictSame(readdirSync(dir).filter((n) => n.endsWith('.tmp')), [], 'no temp file left by the failed writes')
 
   writeFileSync(file, '{"version":2}')
   const again = Fastify({ logger: { level: 'warn', stream: { write: (s: string) => { logs.push(s) } } } })
@@ -143,4 +144,14 @@ t.test('the usage file: written when counts change, an unreadable one set aside,
   t.ok(readdirSync(dir).some((n) => n.startsWith('u.json.unreadable-')), 'kept aside, not overwritten')
   t.equal(readFileSync(readdirSync(dir).map((n) => join(dir, n)).find((n) => n.includes('unreadable')) as string, 'utf8'), '{"version":2}')
   await t.rejects(readUsageFile(dir), 'a directory is not a usage file')
+})
+
+t.test('a Realtime session stops at whichever token quota is used up first', async (t) => {
+  const m = new MemoryQuotas()
+  const noon = at('2026-12-05T12:00:00Z')
+  m.reserve('key_rt', 120, {}, noon, 0)
+  t.equal(quotaSpent({ tokensPerDay: 200, tokensPerMonth: 500 }, m.usage('key_rt', noon)), null, 'some left of both')
+  const month = quotaSpent({ tokensPerDay: 200, tokensPerMonth: 100 }, m.usage('key_rt', noon))
+  t.match(month, { refusal: { code: 'insufficient_quota', message: /tokens per month \(limit 100, used 120\)/ }, resetAt: at('2027-01-01T00:00:00Z') })
+  t.match(quotaSpent({ tokensPerDay: 120 }, m.usage('key_rt', noon)), { resetAt: at('2026-12-06T00:00:00Z') })
 })

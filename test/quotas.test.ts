@@ -6,8 +6,9 @@ import OpenAI from 'openai'
 import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { hashSecret, newKeyId, newSecret } from '../plugins/client-keys/records.js'
 import type { ClientKeyRecord } from '../schemas/client-keys.js'
-import { assertNoLeak, chatBody, harness, proxyTest, seenByClient, type Harness } from './helper.js'
+import { assertNoLeak, chatBody, harness, proxyTest, seenByClient, sleep, type Harness } from './helper.js'
 import { hasRedis, startRedis } from './redis-helper.js'
+import { open, refused, rtTest } from './realtime-helper.js'
 
 /*
  * Issue 13: a client key's quotas over UTC calendar windows (tokens per day and per month, requests per
@@ -29,7 +30,8 @@ const plain = newSecret()
 const scoped = newSecret()
 const racing = newSecret()
 const tpm = newSecret()
-const secrets = [daily, requests, monthly, plain, scoped, racing, tpm]
+const voice = newSecret()
+const secrets = [daily, requests, monthly, plain, scoped, racing, tpm, voice]
 const records = [
   record(daily, { tokensPerDay: 250 }),
   record(requests, { requestsPerDay: 2 }),
@@ -37,7 +39,8 @@ const records = [
   record(plain, undefined),
   record(scoped, { requestsPerDay: 5 }, { scopes: { endpoints: ['embeddings'], models: ['text-embedding-3-small'] } }),
   record(racing, { tokensPerDay: 1000 }),
-  record(tpm, { tokensPerDay: 10_000, tokensPerMinute: 50 })
+  record(tpm, { tokensPerDay: 10_000, tokensPerMinute: 50 }),
+  record(voice, { tokensPerDay: 300, requestsPerDay: 10 })
 ]
 const file = join(dir, 'keys.jsonl')
 await writeKeysFile(file, records)
@@ -185,4 +188,26 @@ t.test('two replicas on one real Redis share a quota: 100 concurrent requests sp
   t.equal(a.upstream.requests.length + b.upstream.requests.length, admitted + 1)
   t.ok(((await usage(a, racing)).body.usage.day.tokens as number) <= 1000, 'settled usage within the quota')
   for (const h of replicas) for (const r of answers) assertNoLeak(t, seenByClient(r), [...h.secrets, ...secrets], 'answer')
+})
+
+rtTest(t, 'a Realtime session is charged to its key\'s quota: responses stop when the day is used up, and so do new sessions', {
+  proxy: { keysFile: file },
+  realtime: { tokensPerResponse: 120 }
+}, async (h, t) => {
+  const c = await open(t, h.wsUrl, { headers: { authorization: `Bearer ${voice}` } })
+  for (let i = 0; i < 3; i++) {
+    c.send({ type: 'response.create' })
+    await c.next('response.done')
+  }
+  await sleep(50)
+  c.send({ type: 'response.create', event_id: 'evt_over' })
+  t.match(await c.next('error'), { error: { type: 'insufficient_quota', code: 'insufficient_quota', event_id: 'evt_over', message: /quota of tokens per day \(limit 300, used 360\)/ } })
+  c.ws.close()
+  await c.closed
+  const again = await refused(h.wsUrl, { headers: { authorization: `Bearer ${voice}` } })
+  t.equal(again.status, 429, 'a used-up day refuses the next session at the handshake')
+  t.match(JSON.parse(again.body), { error: { code: 'insufficient_quota' } })
+  t.equal(again.headers['x-should-retry'], 'false')
+  const day = (await usage(h, voice)).body.usage.day
+  t.strictSame([day.tokens, day.requests], [360, 1], 'the session\'s tokens and one request; the refused handshake is not counted')
 })
