@@ -4,7 +4,8 @@ import Fastify from 'fastify'
 import t from 'tap'
 import clientKeyRedis from '../plugins/client-keys/redis-store.js'
 import oaiProxy, { resolveOptions } from '../app.js'
-import { hashSecret, newKeyId, newSecret, serializeKeys } from '../plugins/client-keys/records.js'
+import { buildIndex, hashSecret, newKeyId, newSecret, serializeKeys } from '../plugins/client-keys/records.js'
+import { mintBrowserToken } from '../plugins/client-keys/browser-tokens.js'
 import { RedisRecords } from '../plugins/client-keys/redis-records.js'
 import type { ClientKeyRecord } from '../schemas/client-keys.js'
 import { assertNoLeak, chatBody, harness, seenByClient, sleep, type Harness } from './helper.js'
@@ -105,6 +106,27 @@ t.test('two replicas share records kept in Redis', async (t) => {
   const statuses = await Promise.all([a, b, a, b, a].map(async (h) => (await chat(h, quota)).statusCode))
   t.equal(statuses.filter((s) => s === 200).length, 3, 'three requests a day, between the two replicas')
   for (const r of [await chat(a, quota)]) assertNoLeak(t, seenByClient(r), [...a.secrets, quota], 'answer')
+})
+
+t.test('browser tokens minted against a record kept in Redis: usable, and revoked with it', async (t) => {
+  const server = await startRedis()
+  t.teardown(server.stop)
+  const admin = new Redis(server.url)
+  t.teardown(() => { admin.disconnect() })
+  const store = new RedisRecords(admin)
+  t.teardown(() => store.close())
+  const app = record(newSecret(), { name: 'web-app' })
+  await store.update(() => ({ records: [app], result: undefined }))
+  const secret = `tok-secret-${'x'.repeat(40)}`
+  const origin = 'https://app.example'
+  const h = await harness({ proxy: { keysStore: 'redis', redisUrl: server.url, browserTokens: { secrets: [secret] }, cors: { origins: [origin] } } })
+  t.teardown(h.close)
+  const token = mintBrowserToken({ sub: 'user-1', key: app.id, origin }, [secret], buildIndex([app]).byId).token
+  const call = () => h.app.inject({ method: 'POST', url: '/v1/chat/completions', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}`, origin }, payload: JSON.stringify(chatBody()) })
+  t.equal((await call()).statusCode, 200)
+  await store.update((records) => ({ records: records.map((r) => ({ ...r, disabled: true })), result: undefined }))
+  t.ok(await until(async () => (await call()).statusCode === 401), 'the record disabled in Redis revokes its tokens on this replica within its poll')
+  assertNoLeak(t, h.logs.join(''), [...h.secrets, secret, token], 'logs')
 })
 
 t.test('a broken value: start-up stops naming the line; while running the last good keys stay and nothing is overwritten', async (t) => {
