@@ -61,6 +61,8 @@ const catalogue = {
   ADMIN_KEY_NOT_FOUND: { status: 404, type: 'invalid_request_error', code: 'key_not_found', message: 'No client key %s.' },
   ADMIN_NO_KEYS_STORE: { status: 400, type: 'invalid_request_error', code: 'keys_store_not_configured', message: 'This proxy has no keys store (KEYS_FILE), so there are no client keys to manage.' },
   ADMIN_STORE_FAILED: { status: 503, type: 'server_error', code: 'keys_store_unavailable', message: 'The keys store could not be read or changed: %s' },
+  ADMIN_NO_BROWSER_TOKENS: { status: 400, type: 'invalid_request_error', code: 'browser_tokens_not_configured', message: 'This proxy has no browser token secrets (TOKEN_SECRETS), so it cannot mint browser tokens.' },
+  ADMIN_TOKEN_REFUSED: { status: 400, type: 'invalid_request_error', code: 'token_not_minted', message: '%s' },
   INTERNAL: { status: 500, type: 'server_error', code: 'internal_error', message: 'The proxy hit an internal error.' }
 } as const
 

@@ -75,3 +75,21 @@ export const KeyUsageSchema = Type.Object({
     month: Type.Object({ start: Type.String(), resetAt: Type.String(), tokens: Count })
   })
 })
+
+/**
+ * `POST /admin/tokens`: the fields of `app.oaiProxyMintToken` and of `keys token --json`, camelCase like
+ * the rest of this API (`limits.tokensPerDay`, `usage.day.resetAt`). Shape only: the rules (sub's
+ * characters, the origin's form and CORS, the lifetime, narrower scopes) are the minter's.
+ */
+export const MintTokenBodySchema = Type.Object({
+  key: Type.String({ pattern: KEY_ID_PATTERN }),
+  sub: Type.String({ minLength: 1, maxLength: 128 }),
+  origin: Type.String({ minLength: 1, maxLength: 256 }),
+  /** Default 900; at most 86 400. */
+  ttlSeconds: Type.Optional(Type.Integer()),
+  scopes: Type.Optional(ClientKeyScopesSchema)
+}, { additionalProperties: false })
+export type MintTokenBody = Static<typeof MintTokenBodySchema>
+
+/** The token (shown this once, never stored or logged), when it expires, and what it was minted for (the origin normalised). */
+export const MintedTokenSchema = Type.Object({ token: Type.String(), expiresAt: Type.String(), key: Type.String(), sub: Type.String(), origin: Type.String() })

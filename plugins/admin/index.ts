@@ -6,6 +6,7 @@ import { endpoints } from '../../schemas/endpoints.js'
 import type { OaiProxyClientKeys } from '../client-keys/store.js'
 import { adminAuth } from './auth.js'
 import adminRoutes from './routes.js'
+import adminTokens from './tokens.js'
 
 export interface AdminOptions {
   /** ADMIN_KEY: at least 32 characters, and none of the proxy keys. */
@@ -41,12 +42,15 @@ function checkOptions (opts: AdminOptions): string {
 }
 
 /**
- * The admin API: manage client key records over HTTP (docs/admin-api.md). Registered by the suite only
+ * The admin API: manage client key records, and mint browser tokens, over HTTP (docs/admin-api.md). Registered by the suite only
  * when an admin key is configured, beside the proxy pipeline (not inside it): proxy keys, client keys, the
  * proxy's rate limits and the upstream never see these routes. Options are checked at registration.
  */
 const admin: FastifyPluginAsync<AdminOptions> = async (app, opts) => {
   const prefix = checkOptions(opts)
+  // Browser tokens are configured when the suite registered their plugin before this one (app.ts). Its
+  // verifier is the sign, not oaiProxyMintToken: a host app's oaiProxyTokenMinter makes that one alone.
+  const browserTokens = app.hasDecorator('oaiProxyBrowserTokens') && opts.keys !== undefined ? { mint: app.oaiProxyMintToken, keys: opts.keys } : undefined
   await app.register(async (scope) => {
     scope.setValidatorCompiler(typeboxValidator)
     // The suite's scope reads no bodies; this one reads small JSON ones (no __proto__ or constructor keys).
@@ -60,6 +64,7 @@ const admin: FastifyPluginAsync<AdminOptions> = async (app, opts) => {
     })
     scope.addHook('onRequest', adminAuth(scope, opts.key))
     await scope.register(adminRoutes, { keys: opts.keys })
+    await scope.register(adminTokens, { browserTokens })
   }, { prefix })
 }
 

@@ -12,7 +12,7 @@ export interface AdminRoutesOptions {
 }
 
 /** The operations' and the store's errors, as the catalogue's answers. */
-function answer (err: unknown): unknown {
+export function answer (err: unknown): unknown {
   if (err instanceof KeyInputError) return proxyError('INVALID_BODY', [err.message], { param: err.field })
   if (err instanceof KeyNotFoundError) return proxyError('ADMIN_KEY_NOT_FOUND', [err.id])
   if (err instanceof KeysFileError) return proxyError('ADMIN_STORE_FAILED', [err.message])
