@@ -21,9 +21,15 @@ COPY . .
 RUN npm run build && rm -rf dist/test dist/bench && find dist -name '*.map' -delete
 
 # ---- runtime: production dependencies and dist/ only ----
+# .ci/runtime-stage.mjs reproduces this stage on CI (no container engine there) from this file: an
+# instruction or RUN command it does not know fails CI until it is taught, so keep the two together.
 FROM node:${NODE_VERSION}-bookworm-slim AS runtime
 WORKDIR /app
 ENV NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false
+# /data: where a KEYS_FILE (and the <KEYS_FILE>.usage.json beside it) lives on a volume. Owned by `node`
+# (uid/gid 1000, also the uid Hugging Face Spaces run containers as) so a fresh Docker named volume mounted
+# here starts writable for it; the proxy writes the file by temp file + rename, so it needs the directory.
+RUN mkdir -p /data && chown node:node /data
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 # Owned by root and read-only for the `node` user that runs the server.
