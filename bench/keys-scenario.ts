@@ -23,7 +23,9 @@ import { fmt, markdown, round, summarize } from './stats.js'
  *   quota   - the client key of `key`, its record with tokensPerDay 1e12: the quota reserve and settle run
  *             on every request (memory store, kept beside the keys file as the proxy does without Redis).
  * Every proxy has the same CORS allowlist and every request carries the same Origin header, so the only
- * difference between the rows is the auth path. Not a test: numbers depend on the machine.
+ * difference between the rows is the auth path. Ratios to (1) are given of the medians and per round (each
+ * turn over (1)'s turn of the same round, which cancels drift on a shared machine). Not a test: numbers
+ * depend on the machine.
  *
  *   npm run build --silent && node dist/bench/keys-scenario.js [rounds=5] [ms-per-turn=3000]
  */
@@ -128,20 +130,24 @@ async function main (): Promise<void> {
     const base = sides[0] as typeof sides[number]
     const baseRps = median(base.turns.map((t) => t.rps))
     const baseCpu = median(base.turns.map((t) => t.cpuUsPerReq))
-    const rows = [['configuration', 'req/s (median)', 'range', 'vs (1)', 'CPU µs/req (median)', 'range', 'vs (1)', 'p50 ms', 'p99 ms', 'errors']]
+    // Paired: each turn against (1)'s turn of the same round, so drift over the run (other processes
+    // starting or stopping) cancels; the median of those ratios, and their range.
+    const paired = (s: typeof base, f: (t: Turn) => number): number[] => s.turns.map((t, r) => f(t) / f(base.turns[r] as Turn))
+    const ratio = (xs: number[]): string => `${fmt(median(xs))}x (${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))})`
+    const rows = [['configuration', 'req/s (median)', 'range', 'vs (1)', 'vs (1) per round', 'CPU µs/req (median)', 'range', 'vs (1)', 'vs (1) per round', 'p50 ms', 'p99 ms', 'errors']]
     for (const s of sides) {
       const rps = s.turns.map((t) => t.rps)
       const cpu = s.turns.map((t) => t.cpuUsPerReq)
       const lat = summarize(s.latencies)
       const errs = Object.entries(s.errors).map(([k, v]) => `${k}: ${v}`).join(', ')
-      rows.push([s.label, fmt(median(rps)), range(rps), `${fmt(median(rps) / baseRps)}x`, fmt(median(cpu)), range(cpu), `${fmt(median(cpu) / baseCpu)}x`, fmt(lat.p50), fmt(lat.p99), errs === '' ? '0' : errs])
+      rows.push([s.label, fmt(median(rps)), range(rps), `${fmt(median(rps) / baseRps)}x`, ratio(paired(s, (t) => t.rps)), fmt(median(cpu)), range(cpu), `${fmt(median(cpu) / baseCpu)}x`, ratio(paired(s, (t) => t.cpuUsPerReq)), fmt(lat.p50), fmt(lat.p99), errs === '' ? '0' : errs])
     }
     const warnings = sides.reduce((a, s) => a + s.child.logs.warnings, 0)
     process.stdout.write(`client keys (issue 13), ${new Date().toISOString()}\n` +
       `machine: node ${m.node}, ${m.platform}, ${m.cpus} x ${m.cpuModel}; load average ${loadStart.join(' / ')} at start, ${loadavg().map((x) => round(x)).join(' / ')} at end (1 / 5 / 15 min)\n` +
       `busiest other processes at start: ${busyStart}\n` +
       `${ROUNDS} rounds, each configuration once per round for ${TURN_MS} ms at c=${CONCURRENCY}, ${body.length} byte chat bodies; ` +
-      `ranges are over the ${ROUNDS} turns, p50/p99 over every request; CPU is the proxy process's user+system time during its turns; ` +
+      `ranges are over the ${ROUNDS} turns; "per round" is the median (range) of each turn over (1)'s turn in the same round; p50/p99 over every request; CPU is the proxy process's user+system time during its turns; ` +
       `proxy warnings logged: ${warnings}\n\n` +
       `${markdown(rows)}\n\n(4) usage after the run (GET /v1/proxy/usage): ${usage}\n`)
     for (const s of sides) for (const line of s.child.logs.samples) process.stderr.write(`# ${line}\n`)
