@@ -13,6 +13,7 @@ import requestPolicy from './plugins/request-policy.js'
 import requestGuard from './plugins/request-guard.js'
 import upstream from './plugins/upstream.js'
 import limitStore from './plugins/limit-store.js'
+import keyHealth from './plugins/key-health.js'
 import abuseGuard, { clientBans } from './plugins/abuse-guard.js'
 import rateLimit from './plugins/rate-limit.js'
 import tokenBudget from './plugins/token-budget.js'
@@ -129,6 +130,8 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
 
   const limits = opts.rateLimit
   await app.register(limitStore, { redis: opts.redis, redisUrl: opts.redisUrl, onStoreError: limits.onStoreError, storeTimeoutMs: limits.storeTimeoutMs })
+  // Dead upstream keys leave rotation before a user's request fails on them; with Redis, every replica learns it.
+  await app.register(keyHealth, { intervalMs: opts.keyHealth?.intervalMs ?? 300_000, redis: app.oaiProxyLimits.redis, userAgent: `oai-reverse-proxy/${VERSION}` })
   // Suite-wide, before auth: 404s and 401s happen outside the proxy routes and must be counted too, a
   // client's against its key, so it needs to know who holds a valid one on paths auth never runs on.
   const keys = clientKeys(opts.proxyKeys ?? [])

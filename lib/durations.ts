@@ -21,3 +21,13 @@ export function retryHeaders (waitMs: number, retryable = true): Record<string, 
   if (!retryable || ms > 60_000) headers['x-should-retry'] = 'false'
   return headers
 }
+
+const GO_UNITS: Record<string, number> = { h: 3_600_000, m: 60_000, s: 1000, ms: 1, us: 0.001, µs: 0.001, ns: 0.000001 }
+
+/** Milliseconds in one of upstream's `x-ratelimit-reset-*` durations ("1s", "6m0s", "20ms"); 0 when absent or unreadable. */
+export function parseGoDuration (text: string | undefined): number {
+  if (text === undefined || !/^(\d+(\.\d+)?(h|ms|m|s|us|µs|ns))+$/.test(text)) return 0
+  let ms = 0
+  for (const [, n, unit] of text.matchAll(/(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)/g)) ms += Number(n) * (GO_UNITS[unit as string] as number)
+  return ms
+}

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { parseGoDuration } from './durations.js'
 
 export type KeyDisableReason = 'invalid_api_key' | 'insufficient_quota'
 
@@ -10,24 +11,41 @@ export interface PooledKey {
   lastUsed: number
   coolUntil: number
   disabled: KeyDisableReason | null
+  /** Share of its rate limit upstream last said was left, 0..1 (1 until it says otherwise). */
+  headroom: number
 }
+
+/** What replicas share about a key (never the secret): taken out, or resting until an instant. */
+export interface KeyState { disabled: KeyDisableReason | null, coolUntil: number }
 
 /** Log-safe fingerprint of a secret. */
 export function fingerprint (secret: string, prefix = 'key'): string {
   return `${prefix}_${createHash('sha256').update(secret).digest('hex').slice(0, 10)}`
 }
 
+/** Headroom in coarse steps, so rotation stays least-recently-used among keys with about as much left. */
+const band = (headroom: number): number => (headroom >= 0.5 ? 3 : headroom >= 0.2 ? 2 : headroom >= 0.05 ? 1 : 0)
+
+type Headers = Record<string, string | string[] | undefined>
+const first = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v)
+
 /**
- * The upstream key pool: least-recently-used rotation, keys taken out for good on a revoked key or an
- * exhausted quota, and short cool-downs after an upstream 429. State is per process for now.
+ * The upstream key pool: least-recently-used rotation among the keys with the most headroom left,
+ * keys taken out on a revoked key or an exhausted quota (and brought back when a health check finds them
+ * working again), and rests after an upstream 429 or when upstream says a key's window is used up.
+ * Every change of state is reported to `onChange`, so replicas can share it (lib/key-state-sync.ts).
  */
 export class KeyPool {
   readonly #keys: PooledKey[]
+  readonly #byId: Map<string, PooledKey>
   readonly #now: () => number
   #tick = 0
+  /** Called after a local change of a key's state (not for states applied from elsewhere). */
+  onChange: ((id: string, state: KeyState) => void) | null = null
 
   constructor (keys: readonly string[], now: () => number = Date.now) {
-    this.#keys = [...new Set(keys)].map((key) => ({ key, id: fingerprint(key), lastUsed: 0, coolUntil: 0, disabled: null }))
+    this.#keys = [...new Set(keys)].map((key) => ({ key, id: fingerprint(key), lastUsed: 0, coolUntil: 0, disabled: null, headroom: 1 }))
+    this.#byId = new Map(this.#keys.map((k) => [k.id, k]))
     this.#now = now
   }
 
@@ -36,13 +54,19 @@ export class KeyPool {
     return this.#keys.map((k) => k.key)
   }
 
+  /** The keys (the health checker calls each); never log `key`. */
+  get keys (): readonly PooledKey[] {
+    return this.#keys
+  }
+
   get usableCount (): number {
     return this.#keys.filter((k) => k.disabled === null).length
   }
 
   /**
-   * The least recently used enabled key not in `exclude`. Keys cooling down after a 429 are used only when
-   * no other key is left (a 429 from upstream then reaches the client, which is the honest answer).
+   * The least recently used enabled key not in `exclude`, among those with the most headroom. Keys resting
+   * after a 429 are used only when no other key is left (a 429 from upstream then reaches the client,
+   * which is the honest answer).
    */
   acquire (exclude: ReadonlySet<string> = new Set()): PooledKey | undefined {
     const now = this.#now()
@@ -52,7 +76,7 @@ export class KeyPool {
       if (k.disabled !== null || exclude.has(k.id)) continue
       if (k.coolUntil > now) {
         if (bestCooling === undefined || k.coolUntil < bestCooling.coolUntil) bestCooling = k
-      } else if (best === undefined || k.lastUsed < best.lastUsed) {
+      } else if (best === undefined || band(k.headroom) > band(best.headroom) || (band(k.headroom) === band(best.headroom) && k.lastUsed < best.lastUsed)) {
         best = k
       }
     }
@@ -62,18 +86,67 @@ export class KeyPool {
   }
 
   disable (id: string, reason: KeyDisableReason): void {
-    const k = this.#keys.find((key) => key.id === id)
-    if (k !== undefined && k.disabled === null) k.disabled = reason
+    const k = this.#byId.get(id)
+    if (k === undefined || k.disabled !== null) return
+    k.disabled = reason
+    this.#changed(k)
+  }
+
+  /** Back in rotation (a health check found it working); false when it was not out. */
+  enable (id: string): boolean {
+    const k = this.#byId.get(id)
+    if (k === undefined || k.disabled === null) return false
+    k.disabled = null
+    k.coolUntil = 0
+    k.headroom = 1
+    this.#changed(k)
+    return true
   }
 
   coolDown (id: string, ms: number): void {
-    const k = this.#keys.find((key) => key.id === id)
-    if (k !== undefined) k.coolUntil = Math.max(k.coolUntil, this.#now() + ms)
+    const k = this.#byId.get(id)
+    if (k === undefined) return
+    const until = this.#now() + ms
+    if (until <= k.coolUntil) return
+    k.coolUntil = until
+    this.#changed(k)
+  }
+
+  /**
+   * Upstream's `x-ratelimit-*` headers on any answer: how much of the key's window is left. A key with
+   * nothing left rests until its window resets, before a request fails on it.
+   */
+  observe (id: string, headers: Headers): void {
+    const remaining = first(headers['x-ratelimit-remaining-requests'])
+    if (remaining === undefined) return
+    const k = this.#byId.get(id)
+    if (k === undefined) return
+    const ratio = (kind: string): number => {
+      const left = Number(first(headers[`x-ratelimit-remaining-${kind}`]))
+      const limit = Number(first(headers[`x-ratelimit-limit-${kind}`]))
+      return Number.isFinite(left) && limit > 0 ? Math.max(0, left / limit) : 1
+    }
+    k.headroom = Math.min(ratio('requests'), ratio('tokens'))
+    if (k.headroom > 0) return
+    const reset = Math.max(parseGoDuration(first(headers['x-ratelimit-reset-requests'])), parseGoDuration(first(headers['x-ratelimit-reset-tokens'])))
+    this.coolDown(id, Math.min(Math.max(reset, 1000), 60_000))
+  }
+
+  /** A state learnt from another replica: applied as is, not reported again. */
+  apply (id: string, state: KeyState): void {
+    const k = this.#byId.get(id)
+    if (k === undefined) return
+    k.disabled = state.disabled
+    k.coolUntil = state.coolUntil
   }
 
   /** Public view for status/health: ids and states, never the secrets. */
   describe (): Array<{ id: string, state: 'active' | 'cooling' | KeyDisableReason }> {
     const now = this.#now()
     return this.#keys.map((k) => ({ id: k.id, state: k.disabled ?? (k.coolUntil > now ? 'cooling' : 'active') }))
+  }
+
+  #changed (k: PooledKey): void {
+    this.onChange?.(k.id, { disabled: k.disabled, coolUntil: k.coolUntil })
   }
 }

@@ -157,6 +157,7 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     ...(env.MAX_JSON_DEPTH === undefined ? {} : { maxJsonDepth: env.MAX_JSON_DEPTH }),
     ...(env.MAX_UPLOAD_BYTES === undefined ? {} : { maxUploadBytes: env.MAX_UPLOAD_BYTES }),
     ...(env.UPSTREAM_CONNECT_TIMEOUT_MS === undefined ? {} : { upstreamConnectTimeoutMs: env.UPSTREAM_CONNECT_TIMEOUT_MS }),
+    ...(env.KEY_HEALTH_INTERVAL_MS === undefined ? {} : { keyHealth: { intervalMs: env.KEY_HEALTH_INTERVAL_MS } }),
     ...(env.UPSTREAM_HEADERS_TIMEOUT_MS === undefined ? {} : { upstreamHeadersTimeoutMs: env.UPSTREAM_HEADERS_TIMEOUT_MS }),
     ...(env.UPSTREAM_IDLE_TIMEOUT_MS === undefined ? {} : { upstreamIdleTimeoutMs: env.UPSTREAM_IDLE_TIMEOUT_MS }),
     ...(env.STREAM_STALL_TIMEOUT_MS === undefined ? {} : { streamStallTimeoutMs: env.STREAM_STALL_TIMEOUT_MS }),

@@ -153,6 +153,8 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
       }
 
       const status = res.statusCode
+      // How much of the key's rate limit upstream says is left: rotation prefers keys with headroom.
+      keys.pool.observe(key.id, res.headers)
       if (status >= 200 && status < 300) {
         // Every line counts: `identity` on the first must not hide `gzip` on the second.
         const encodings = [res.headers['content-encoding'] ?? []].flat()

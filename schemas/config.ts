@@ -77,6 +77,8 @@ export const OaiProxyOptionsSchema = Type.Object({
   maxJsonDepth: Type.Optional(Type.Integer({ minimum: 4, maximum: 1024 })),
   /** Time to connect to upstream. Default 10 s. */
   upstreamConnectTimeoutMs: Type.Optional(Millis),
+  /** Upstream key health checks (`KEY_HEALTH_INTERVAL_MS`): every key at start-up and then this often; 0 turns them off. Default 5 minutes. */
+  keyHealth: Type.Optional(Type.Object({ intervalMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 24 * 3600 * 1000 })) }, { additionalProperties: false })),
   /** Time for upstream to send response headers (a non-streamed reasoning call can take minutes). Default 10 min. */
   upstreamHeadersTimeoutMs: Type.Optional(Millis),
   /** Longest silence between two body chunks from upstream. Default 5 min. */
@@ -167,6 +169,7 @@ export const EnvSchema = Type.Object({
   MAX_CONNECTIONS: Int(0, 1e6),
   MAX_CONNECTIONS_PER_ADDRESS: Int(0, 1e6),
   UPSTREAM_CONNECT_TIMEOUT_MS: Int(1, 3600 * 1000),
+  KEY_HEALTH_INTERVAL_MS: Int(0, 24 * 3600 * 1000),
   UPSTREAM_HEADERS_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),
   UPSTREAM_IDLE_TIMEOUT_MS: Int(1, 24 * 3600 * 1000),
   STREAM_STALL_TIMEOUT_MS: Int(0, 24 * 3600 * 1000),

@@ -15,7 +15,7 @@ import { assertNoLeak, canaryKey, chatBody, sleep } from './helper.js'
  * log. Real sockets on loopback; every wait is bounded.
  */
 
-const quiet = { LOG_LEVEL: 'silent', PORT: '0' }
+const quiet = { LOG_LEVEL: 'silent', PORT: '0', KEY_HEALTH_INTERVAL_MS: '0' }
 
 /** Open a raw socket to `port`; resolves once connected (or rejects after `ms`). */
 function open (port: number, ms = 5000): Promise<Socket> {

@@ -97,7 +97,8 @@ export async function harness (opts: HarnessOptions = {}): Promise<Harness & { c
   const app = Fastify({ ...oaiProxyServerOptions, ...opts.fastify, logger: { level: 'trace', stream } })
   // The abuse guard is off unless a test asks for it: several suites send hundreds of 404s on purpose.
   const rateLimit = { failuresPerMinute: 0, ...opts.proxy?.rateLimit }
-  await app.register(oaiProxy, { upstreamUrl: upstream.url, openaiKeys: keys, organization, project, proxyKeys: [proxyKey], ...opts.proxy, rateLimit })
+  // Key health checks are off too: they call upstream at start-up, and many tests count upstream calls.
+  await app.register(oaiProxy, { upstreamUrl: upstream.url, openaiKeys: keys, organization, project, proxyKeys: [proxyKey], keyHealth: { intervalMs: 0 }, ...opts.proxy, rateLimit })
   const url = opts.listen === true ? await app.listen({ host: '127.0.0.1', port: 0 }) : ''
   await app.ready()
   const close = async () => {
@@ -157,7 +158,8 @@ export function spawnServer (env: Record<string, string>) {
   const server = fileURLToPath(new URL('../server.ts', import.meta.url))
   const execArgv = process.execArgv.filter((a) => !a.includes('processinfo'))
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('_TAPJS') && !k.startsWith('TAP') && k !== 'NODE_V8_COVERAGE'))
-  return spawn(process.execPath, [...execArgv, server], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  // No key health checks unless a test asks: they call upstream at start-up, and tests count upstream calls.
+  return spawn(process.execPath, [...execArgv, server], { env: { ...base, KEY_HEALTH_INTERVAL_MS: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
 }
 
 /** Resolve with the base URL a spawned server.ts logs once it listens (LOG_LEVEL info or lower). */

@@ -5,7 +5,8 @@ import { startServer } from '../server.js'
 import { startFakeOpenAI } from '../testing/fake-openai.js'
 import { canaryKey, chatBody, spawnServer } from './helper.js'
 
-const quiet = { LOG_LEVEL: 'silent', PORT: '0' }
+// No key health checks: they would call upstream at start-up, and these tests count upstream calls.
+const quiet = { LOG_LEVEL: 'silent', PORT: '0', KEY_HEALTH_INTERVAL_MS: '0' }
 
 t.test('no key: demo mode fronts the built-in fake upstream and marks every response', async (t) => {
   const s = await startServer({ ...quiet })
