@@ -5,7 +5,7 @@ import { basename, dirname, resolve } from 'node:path'
 import type { FastifyPluginAsync } from 'fastify'
 import { readKeysFile, updateKeysFile } from './file-io.js'
 import { buildIndex, KeysFileError, parseKeysFile, type ClientKeyIndex } from './records.js'
-import type { OaiProxyClientKeys } from './store.js'
+import { clientKeysView } from './store.js'
 
 export interface ClientKeyFileOptions {
   /** The JSON Lines file of client key records (`KEYS_FILE`). It must exist: `keys create` makes it. */
@@ -104,23 +104,14 @@ const clientKeyFile: FastifyPluginAsync<ClientKeyFileOptions> = async (app, opts
     watcher.on('error', (err) => { app.log.warn({ code: (err as NodeJS.ErrnoException).code }, 'oai-proxy: cannot watch the keys file; checking it every poll') })
   }
 
-  const keys: OaiProxyClientKeys = {
-    kind: 'file',
-    lookup: (presented) => index.lookup(presented),
-    byId: (id) => index.byId(id),
-    get size () { return index.size },
+  const keys = clientKeysView('file', () => index, {
     list: async () => {
       const records = readKeysFile(file)
       if (records === null) throw new KeysFileError('no such file')
       return records
     },
-    update: async (change) => {
-      const result = await updateKeysFile(file, change)
-      await reload()
-      return result
-    },
-    reload
-  }
+    update: async (change) => await updateKeysFile(file, change)
+  }, reload)
   app.decorate('oaiProxyClientKeys', keys)
   app.addHook('onClose', async () => {
     clearInterval(poller)

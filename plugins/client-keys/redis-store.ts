@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis'
 import type { FastifyPluginAsync } from 'fastify'
 import { buildIndex, type ClientKeyIndex } from './records.js'
 import { DEFAULT_PREFIX, RedisRecords } from './redis-records.js'
-import type { OaiProxyClientKeys } from './store.js'
+import { clientKeysView } from './store.js'
 
 export interface ClientKeyRedisOptions {
   /** The suite's Redis client (the limit store's): records live beside the counters. */
@@ -52,19 +52,7 @@ const clientKeyRedis: FastifyPluginAsync<ClientKeyRedisOptions> = async (app, op
   const poller = setInterval(reload, opts.pollMs ?? 1000)
   poller.unref()
 
-  const keys: OaiProxyClientKeys = {
-    kind: 'redis',
-    lookup: (presented) => index.lookup(presented),
-    byId: (id) => index.byId(id),
-    get size () { return index.size },
-    list: async () => (await store.read()).records,
-    update: async (change) => {
-      const result = await store.update(change)
-      await reload()
-      return result
-    },
-    reload
-  }
+  const keys = clientKeysView('redis', () => index, { list: async () => (await store.read()).records, update: async (change) => await store.update(change) }, reload)
   app.decorate('oaiProxyClientKeys', keys)
   app.addHook('onClose', async () => {
     clearInterval(poller)

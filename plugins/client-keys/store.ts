@@ -1,5 +1,5 @@
 import type { ClientKeyRecord } from '../../schemas/client-keys.js'
-import type { ClientKeyEntry, ClientKeyLookup } from './records.js'
+import type { ClientKeyEntry, ClientKeyIndex, ClientKeyLookup } from './records.js'
 
 /*
  * What the rest of the suite sees of the client key records, wherever they live (the keys file, or Redis
@@ -36,5 +36,31 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** The client key records (absent without `keysFile` / `keysStore`). */
     oaiProxyClientKeys: OaiProxyClientKeys
+  }
+}
+
+/** Where a store keeps its records: read them all, and change them in one atomic step. */
+export interface RecordsBackend {
+  list: () => Promise<ClientKeyRecord[]>
+  update: <T>(change: (records: ClientKeyRecord[]) => KeyRecordChange<T>) => Promise<T>
+}
+
+/**
+ * The decorator both stores expose: lookups on the index in force now (`current()`, swapped whole by a
+ * reload), writes through the backend, then a reload so this replica holds its own change at once.
+ */
+export function clientKeysView (kind: OaiProxyClientKeys['kind'], current: () => ClientKeyIndex, backend: RecordsBackend, reload: () => Promise<boolean>): OaiProxyClientKeys {
+  return {
+    kind,
+    lookup: (presented) => current().lookup(presented),
+    byId: (id) => current().byId(id),
+    get size () { return current().size },
+    list: backend.list,
+    update: async (change) => {
+      const result = await backend.update(change)
+      await reload()
+      return result
+    },
+    reload
   }
 }
