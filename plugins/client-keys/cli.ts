@@ -1,29 +1,34 @@
 import { parseArgs } from 'node:util'
-import { resolve } from 'node:path'
 import type { ClientKeyLimits, ClientKeyRecord } from '../../schemas/client-keys.js'
-import { readKeysFile, updateKeysFile } from './file-io.js'
+import { openBackend, STORE_OPTIONS, storeSpec, type RecordsBackend } from './backend.js'
+import { UsageError } from './cli-redis.js'
+import { runTokenCli } from './cli-token.js'
+import { showUsage } from './cli-usage.js'
 import { addKey, draftKey, KeyInputError, KeyNotFoundError, keyView, removeKey, rotateKey, setDisabled } from './operations.js'
 import { KeysFileError } from './records.js'
 
 /*
- * `oai-reverse-proxy keys …`: manage the keys file. Secrets are printed once, by `create` and `rotate`;
- * nothing prints a hash. The rules on values are plugins/client-keys/operations.ts' (shared with the admin
- * API); this file only reads the command line. Exit codes: 0 done, 1 the file or the key is the problem,
- * 2 the command line is.
+ * `oai-reverse-proxy keys …`: manage the client key records, in the keys file or in Redis (backend.ts).
+ * Secrets are printed once, by `create` and `rotate`; nothing prints a hash. The rules on values are
+ * plugins/client-keys/operations.ts' (shared with the admin API); this file only reads the command line.
+ * Exit codes: 0 done, 1 the store or the key is the problem, 2 the command line is.
  */
 
 export interface CliIo { out: (text: string) => void, err: (text: string) => void }
 
-class UsageError extends Error {}
-
 export const USAGE = `Usage: oai-reverse-proxy keys <command> [--file <path>] (default: $KEYS_FILE)
+       or, with the records in Redis: [--store redis] (default: $KEYS_STORE) [--redis-url <url>] (default: $REDIS_URL)
   create --name <name> [--models 'gpt-4o-mini,gpt-4.1*'] [--endpoints chat.completions,responses]
          [--expires 2027-01-01] [--requests-per-window N] [--tokens-per-minute N] [--max-concurrent N]
          [--tokens-per-day N] [--tokens-per-month N] [--requests-per-day N] [--meta key=value ...] [--json]
   list [--json]
   revoke <id> | enable <id> | delete <id>
   rotate <id> [--json]   (a new secret for the same key, printed once; the old one stops working)
-Requests per window, tokens per minute and concurrency are enforced per key; the daily and monthly quotas are stored, not enforced yet (docs/client-keys.md).`
+  usage [<id>] [--json]  (quotas and what is used of them this UTC day and month: from Redis with a Redis URL,
+                          else from <keys file>.usage.json, which a running proxy writes every 5 s)
+  token --key <key_…> --sub <user> --origin <origin> [--ttl N] [--models …] [--endpoints …] [--json]
+         (a browser token for the key, signed with the first of $TOKEN_SECRETS: docs/browser.md)
+Every limit and quota is enforced per key (docs/client-keys.md).`
 
 const LIMIT_FLAGS: Record<string, keyof ClientKeyLimits> = {
   'requests-per-window': 'requestsPerWindow',
@@ -45,7 +50,7 @@ const FLAG_OF: Record<string, string> = {
 }
 
 const OPTIONS = {
-  file: { type: 'string' },
+  ...STORE_OPTIONS,
   name: { type: 'string' },
   models: { type: 'string' },
   endpoints: { type: 'string' },
@@ -77,7 +82,7 @@ function limitsAndMetadata (v: Values): { limits: ClientKeyLimits, metadata: Rec
   return { limits, metadata }
 }
 
-async function create (file: string, v: Values, io: CliIo): Promise<void> {
+async function create (store: RecordsBackend, v: Values, io: CliIo): Promise<void> {
   // A bad limit or --meta is reported after the other flags' problems, as it always was.
   let parsed: ReturnType<typeof limitsAndMetadata> | UsageError
   try {
@@ -86,7 +91,7 @@ async function create (file: string, v: Values, io: CliIo): Promise<void> {
     parsed = err as UsageError
   }
   const extra = parsed instanceof UsageError ? {} : parsed
-  // Checked before the file is touched: a wrong command line never takes the lock or creates the file.
+  // Checked before the store is touched: a wrong command line never takes the lock, creates the file or connects.
   const draft = draftKey({
     name: (v.name as string | undefined) ?? '',
     models: v.models === undefined ? undefined : list(v.models as string),
@@ -95,7 +100,7 @@ async function create (file: string, v: Values, io: CliIo): Promise<void> {
     ...extra
   })
   if (parsed instanceof UsageError) throw parsed
-  const { record, secret } = await updateKeysFile(file, (records) => addKey(records, draft), true)
+  const { record, secret } = await store.update((records) => addKey(records, draft), true)
   if (v.json === true) io.out(`${JSON.stringify({ id: record.id, name: record.name, secret })}\n`)
   else io.out(`Created ${record.id} (${record.name}). The secret is shown only now; store it safely:\n${secret}\n`)
 }
@@ -106,8 +111,8 @@ const view = (r: ClientKeyRecord) => {
   return shown
 }
 
-function show (file: string, v: Values, io: CliIo): void {
-  const records = readKeysFile(file)
+async function show (store: RecordsBackend, v: Values, io: CliIo): Promise<void> {
+  const records = await store.read()
   if (records === null) throw new KeysFileError('no such file (`keys create` makes it)')
   if (v.json === true) {
     io.out(`${JSON.stringify(records.map(view))}\n`)
@@ -120,22 +125,25 @@ function show (file: string, v: Values, io: CliIo): void {
   }
 }
 
-async function change (file: string, command: string, id: string | undefined, v: Values, io: CliIo): Promise<void> {
+function checkId (command: string, id: string | undefined): string {
   if (id === undefined || !/^key_[a-z2-7]{12}$/.test(id)) throw new UsageError(`${command}: give a key id (key_…; see \`keys list\`)`)
+  return id
+}
+
+async function change (store: RecordsBackend, command: string, given: string | undefined, v: Values, io: CliIo): Promise<void> {
+  const id = checkId(command, given)
   if (command === 'rotate') {
-    const { secret } = await updateKeysFile(file, (records) => rotateKey(records, id))
+    const { secret } = await store.update((records) => rotateKey(records, id))
     if (v.json === true) io.out(`${JSON.stringify({ id, secret })}\n`)
     else io.out(`Rotated ${id}: the old secret stops working within about a second. The new one is shown only now; store it safely:\n${secret}\n`)
     return
   }
-  await updateKeysFile(file, (records) => (command === 'delete' ? removeKey(records, id) : setDisabled(records, id, command === 'revoke')))
+  await store.update((records) => (command === 'delete' ? removeKey(records, id) : setDisabled(records, id, command === 'revoke')))
   const done = { revoke: 'revoked (disabled)', enable: 'enabled', delete: 'deleted' }[command]
   io.out(`${id} ${done as string}\n`)
 }
 
-/** Run `keys <argv>`; resolves with the exit code. */
-export async function runKeysCli (argv: readonly string[], env: Record<string, string | undefined>, io: CliIo): Promise<number> {
-  let file = ''
+async function run (argv: readonly string[], env: Record<string, string | undefined>, io: CliIo, held: { store?: RecordsBackend }): Promise<number> {
   try {
     const { values, positionals } = (() => {
       try {
@@ -153,13 +161,13 @@ export async function runKeysCli (argv: readonly string[], env: Record<string, s
       io.out(`${USAGE}\n`)
       return 0
     }
-    if (!['create', 'list', 'revoke', 'enable', 'delete', 'rotate'].includes(command)) throw new UsageError(`unknown command ${JSON.stringify(command)}`)
-    const fileArg = (values.file as string | undefined) ?? env.KEYS_FILE
-    if (fileArg === undefined || fileArg === '') throw new UsageError('name the keys file with --file or KEYS_FILE')
-    file = resolve(fileArg)
-    if (command === 'create') await create(file, values, io)
-    else if (command === 'list') show(file, values, io)
-    else await change(file, command, rest[0], values, io)
+    if (!['create', 'list', 'revoke', 'enable', 'delete', 'rotate', 'usage'].includes(command)) throw new UsageError(`unknown command ${JSON.stringify(command)}`)
+    const spec = storeSpec(values as Record<string, string | undefined>, env)
+    const store = held.store = openBackend(spec)
+    if (command === 'create') await create(store, values, io)
+    else if (command === 'list') await show(store, values, io)
+    else if (command === 'usage') await showUsage(store, spec, rest[0] === undefined ? undefined : checkId(command, rest[0]), values.json === true, io)
+    else await change(store, command, rest[0], values, io)
     return 0
   } catch (err) {
     // Every field a record built from these flags can be refused on has its flag in FLAG_OF.
@@ -168,8 +176,19 @@ export async function runKeysCli (argv: readonly string[], env: Record<string, s
       io.err(`oai-reverse-proxy keys: ${usage}\n${USAGE}\n`)
       return 2
     }
-    const message = err instanceof KeysFileError || err instanceof KeyNotFoundError ? `${file}: ${err.message}` : (err as Error).message
+    // Redis' own failures already name its host:port (never the URL, which may hold a password).
+    const message = err instanceof KeysFileError || err instanceof KeyNotFoundError ? `${(held.store as RecordsBackend).where}: ${err.message}` : (err as Error).message
     io.err(`oai-reverse-proxy keys: ${message}\n`)
     return 1
   }
+}
+
+/** Run `keys <argv>`; resolves with the exit code. Whatever the command opened is closed, so the process can exit. */
+export async function runKeysCli (argv: readonly string[], env: Record<string, string | undefined>, io: CliIo): Promise<number> {
+  // Its own flags and usage: passed on whole.
+  if (argv[0] === 'token') return await runTokenCli(argv.slice(1), env, io)
+  const held: { store?: RecordsBackend } = {}
+  const code = await run(argv, env, io, held)
+  held.store?.close()
+  return code
 }
