@@ -35,12 +35,14 @@ const DAY_MS = 86_400_000
 
 /** The UTC day and month `now` falls in: their names (counter keys) and bounds. */
 export function quotaWindows (now: number) {
+  // Every request of a metered key asks; the answer changes once a day.
+  if (now >= last.dayStart && now < last.dayReset) return last
   const d = new Date(now)
   const y = d.getUTCFullYear()
   const m = d.getUTCMonth()
   const dayStart = Date.UTC(y, m, d.getUTCDate())
   const monthStart = Date.UTC(y, m, 1)
-  return {
+  last = {
     day: new Date(dayStart).toISOString().slice(0, 10),
     month: new Date(monthStart).toISOString().slice(0, 7),
     dayStart,
@@ -48,9 +50,11 @@ export function quotaWindows (now: number) {
     monthStart,
     monthReset: Date.UTC(y, m + 1, 1)
   }
+  return last
 }
 
-type Windows = ReturnType<typeof quotaWindows>
+interface Windows { day: string, month: string, dayStart: number, dayReset: number, monthStart: number, monthReset: number }
+let last: Windows = { day: '', month: '', dayStart: 0, dayReset: 0, monthStart: 0, monthReset: 0 }
 
 /** The counts a reservation is checked against, in the order they are checked. */
 function firstRefused (quotas: Quotas, tokens: number, requests: number, used: { dayRequests: number, dayTokens: number, monthTokens: number }, w: Windows): QuotaGrant['refused'] {
