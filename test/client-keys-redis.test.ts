@@ -153,6 +153,11 @@ t.test('a broken value: start-up stops naming the line; while running the last g
   t.teardown(() => store.close())
   await t.rejects(store.update((records) => ({ records, result: undefined })), { name: 'KeysFileError', message: 'line 1: not valid JSON' })
   t.equal(await admin.get('oaiproxy:keys:records'), broken, 'never overwritten')
+  // A value of another type is an error, never "no keys".
+  await admin.del('oaiproxy:keys:records')
+  await admin.lpush('oaiproxy:keys:records', 'x')
+  await t.rejects(store.read(), { message: /WRONGTYPE/ })
+  await admin.del('oaiproxy:keys:records')
   await admin.set('oaiproxy:keys:records', serializeKeys([]))
   await admin.incr('oaiproxy:keys:version')
   t.ok(await until(async () => (await chat(h, good)).statusCode === 401), 'a repaired value is loaded')

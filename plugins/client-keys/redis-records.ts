@@ -34,7 +34,10 @@ export class RedisRecords {
 
   /** The records and the version they belong to, read together. Throws `KeysFileError` naming a bad line. */
   async read (): Promise<{ version: number, records: ClientKeyRecord[] }> {
-    const [[, version], [, text]] = await this.#redis.multi().get(this.#version).get(this.#records).exec() as [[null, string | null], [null, string | null]]
+    const [[versionErr, version], [textErr, text]] = await this.#redis.multi().get(this.#version).get(this.#records).exec() as Array<[Error | null, string | null]> as [[Error | null, string | null], [Error | null, string | null]]
+    // A key of another type answers an error inside the transaction, not a rejection: never read it as "no keys".
+    const failed = versionErr ?? textErr
+    if (failed !== null) throw failed
     return { version: Number(version ?? 0), records: parseKeysFile(text ?? '') }
   }
 
