@@ -149,6 +149,15 @@ proxyTest(t, 'only the admin key opens it', { proxy: { ...withTokens, keysFile: 
   scan(t, h, answers, [minted.token], [cls.secret])
 })
 
+proxyTest(t, 'without a CORS allowlist the origin is the minter\'s choice: a same-origin page (a host app serving its own pages) gets its token', { proxy: { ...withTokens, keysFile: keysFile(), cors: { origins: [] } } }, async (h, t) => {
+  const cls = await record(h)
+  const res = await call(h, 'POST', '/admin/tokens', { key: cls.id, sub: SUB, origin: ORIGIN })
+  t.equal(res.statusCode, 201, res.body)
+  const minted = JSON.parse(res.body) as { token: string }
+  t.equal((await chat(h, minted.token, ORIGIN)).statusCode, 200)
+  t.equal((await chat(h, minted.token, OTHER)).statusCode, 401, 'still bound to its origin')
+})
+
 proxyTest(t, 'without TOKEN_SECRETS the route answers 400 browser_tokens_not_configured', { proxy: { keysFile: keysFile(), admin: { key: ADMIN_KEY } } }, async (h, t) => {
   const cls = await record(h)
   const res = await call(h, 'POST', '/admin/tokens', { key: cls.id, sub: SUB, origin: ORIGIN })

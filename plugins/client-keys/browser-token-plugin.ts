@@ -46,8 +46,10 @@ const browserTokens: FastifyPluginAsync<BrowserTokensOptions> = async (app, opts
     if (typeof s !== 'string' || s.length < MIN_SECRET_LENGTH) throw new Error(`oai-proxy: invalid option /browserTokens/secrets: entry ${i + 1} is shorter than ${MIN_SECRET_LENGTH} characters`)
   })
   const lookup = (id: string) => opts.keys.byId(id)
-  const originAllowed = compileOrigins(opts.corsOrigins)
-  const mint: MintToken = (o) => mintBrowserToken(o, secrets, lookup, { originAllowed })
+  // Without a CORS allowlist only same-origin pages (a host app serving its own pages) can read answers,
+  // and the proxy cannot know its own public origin: the origin is then the minter's to choose, as in the CLI.
+  const originAllowed = opts.corsOrigins.length === 0 ? undefined : compileOrigins(opts.corsOrigins)
+  const mint: MintToken = (o) => mintBrowserToken(o, secrets, lookup, originAllowed === undefined ? {} : { originAllowed })
   app.decorate('oaiProxyBrowserTokens', browserTokenVerifier(secrets, lookup))
   const host = app.hasDecorator('oaiProxyMintToken') ? app.oaiProxyMintToken as HostMinter : undefined
   if (host?.[BIND] !== undefined) host[BIND](mint)
