@@ -19,11 +19,13 @@ import rateLimit from './plugins/rate-limit.js'
 import tokenBudget from './plugins/token-budget.js'
 import clientKeyFile from './plugins/client-keys/file-store.js'
 import clientKeyScopes from './plugins/client-keys/scopes.js'
-import adminApi from './plugins/admin/index.js'
+import adminApi, { DEFAULT_ADMIN_PREFIX } from './plugins/admin/index.js'
 import usageFile from './plugins/client-keys/usage-file.js'
 import clientKeyRedis from './plugins/client-keys/redis-store.js'
 import browserTokens from './plugins/client-keys/browser-token-plugin.js'
 import health from './routes/health.js'
+import statusRoute from './routes/status/index.js'
+import metrics from './plugins/metrics/index.js'
 import usageRoute from './routes/usage.js'
 import proxyRoutes, { allowedMethods } from './routes/proxy.js'
 import { OaiProxyOptionsSchema, type OaiProxyOptions } from './schemas/config.js'
@@ -112,6 +114,11 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
   // First hook of the suite: from here on no client departure can go unnoticed (lib/response-close.ts).
   app.addHook('onRequest', async (_request, reply) => { watchClose(reply.raw) })
   await app.register(errorHandler, { allowedMethods: allowedMethods(opts.endpoints, unprefixed) })
+  // Before any route, so every route gets its endpoint label (docs/metrics.md). Off unless configured.
+  if (opts.metrics?.enabled === true) {
+    const { enabled: _on, ...metricsOptions } = opts.metrics
+    await app.register(metrics, { ...metricsOptions, proxyKeys: opts.proxyKeys, adminPrefix: opts.admin === undefined ? undefined : opts.admin.prefix ?? DEFAULT_ADMIN_PREFIX })
+  }
   // Before the pipeline: preflights carry no credentials, so CORS must answer them before auth and limits.
   await app.register(cors, { origins: opts.cors?.origins ?? [] })
   await app.register(keyInjection, { openaiKeys: opts.openaiKeys, organization: opts.organization, project: opts.project })
@@ -154,6 +161,18 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
       }
   await app.register(abuseGuard, { failuresPerMinute: limits.failuresPerMinute, identify })
   await app.register(health)
+  if (opts.statusPage !== false) {
+    await app.register(statusRoute, {
+      version: VERSION,
+      endpoints: opts.endpoints,
+      models: opts.policy?.allowedModels ?? null,
+      keyRequired: keys.size > 0 || records !== undefined || opts.resolveClient !== undefined,
+      limits: { ...limits, bodyLimit: opts.bodyLimit, maxOutputTokens: opts.policy?.maxOutputTokens ?? null, maxN: opts.policy?.maxN ?? null },
+      proxyKeys: keys,
+      records,
+      tokens
+    })
+  }
   // A sibling of the pipeline, not inside it: proxy keys, the proxy's limits and the upstream never see it.
   if (opts.admin !== undefined) await app.register(adminApi, { key: opts.admin.key, prefix: opts.admin.prefix, proxyKeys: opts.proxyKeys, keys: records })
   await app.register(async (pipeline) => {

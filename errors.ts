@@ -63,6 +63,7 @@ const catalogue = {
   ADMIN_STORE_FAILED: { status: 503, type: 'server_error', code: 'keys_store_unavailable', message: 'The keys store could not be read or changed: %s' },
   ADMIN_NO_BROWSER_TOKENS: { status: 400, type: 'invalid_request_error', code: 'browser_tokens_not_configured', message: 'This proxy has no browser token secrets (TOKEN_SECRETS), so it cannot mint browser tokens.' },
   ADMIN_TOKEN_REFUSED: { status: 400, type: 'invalid_request_error', code: 'token_not_minted', message: '%s' },
+  METRICS_UNAUTHORIZED: { status: 401, type: 'invalid_request_error', code: 'invalid_metrics_key', message: "Missing or incorrect metrics key. Send it as 'Authorization: Bearer <METRICS_KEY>'." },
   INTERNAL: { status: 500, type: 'server_error', code: 'internal_error', message: 'The proxy hit an internal error.' }
 } as const
 

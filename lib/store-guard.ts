@@ -20,6 +20,7 @@ export class StoreGuard {
   readonly #timeoutMs: number
   readonly #log: FastifyBaseLogger
   #down = false
+  #errors = 0
 
   constructor (redis: Redis | undefined, policy: StoreErrorPolicy, timeoutMs: number, log: FastifyBaseLogger) {
     this.#redis = redis
@@ -32,6 +33,11 @@ export class StoreGuard {
   get state (): 'memory' | 'redis' | 'redis-unavailable' {
     if (this.#redis === undefined) return 'memory'
     return this.#down || this.#redis.status !== 'ready' ? 'redis-unavailable' : 'redis'
+  }
+
+  /** Commands that could not use Redis (failed, timed out, or Redis not connected), for the metrics. */
+  get errors (): number {
+    return this.#errors
   }
 
   async run<T> (remote: (() => Promise<T>) | undefined, local: () => Promise<T>): Promise<T> {
@@ -59,6 +65,7 @@ export class StoreGuard {
   }
 
   #failed (why: string): void {
+    this.#errors++
     if (!this.#down) this.#log.warn({ policy: this.#policy, why }, 'oai-proxy: rate-limit store unavailable')
     this.#down = true
   }

@@ -5,6 +5,7 @@ import { EnvSchema, type Env, type OaiProxyOptions, type RateLimitConfig } from 
 import { normaliseUpstreamUrl } from '../lib/upstream-url.js'
 import { compileOrigins } from '../lib/origins.js'
 import { filterAndPolicyFromEnv } from '../lib/filter-env.js'
+import { metricsFromEnv } from './metrics/env.js'
 
 /*
  * The environment -> options step, used only by `server.ts`. It runs @fastify/env's engine (env-schema)
@@ -135,8 +136,10 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     throw new ConfigError(`CORS_ORIGINS: ${(err as Error).message}`)
   }
   let filterAndPolicy: ReturnType<typeof filterAndPolicyFromEnv>
+  let observability: ReturnType<typeof metricsFromEnv>
   try {
     filterAndPolicy = filterAndPolicyFromEnv(env)
+    observability = metricsFromEnv(env)
   } catch (err) {
     throw new ConfigError((err as Error).message)
   }
@@ -165,6 +168,7 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     ...(endpoints.length === 0 ? {} : { endpoints }),
     ...(env.REALTIME === true ? { realtime: { enabled: true, ...(env.REALTIME_MAX_FRAME_BYTES === undefined ? {} : { maxFrameBytes: env.REALTIME_MAX_FRAME_BYTES }), ...(env.REALTIME_IDLE_TIMEOUT_MS === undefined ? {} : { idleTimeoutMs: env.REALTIME_IDLE_TIMEOUT_MS }) } } : {}),
     ...filterAndPolicy,
+    ...observability,
     ...(env.REDIS_URL === undefined ? {} : { redisUrl: env.REDIS_URL }),
     rateLimit: rateLimitFromEnv(env),
     ...(corsOrigins.length === 0 ? {} : { cors: { origins: corsOrigins } })

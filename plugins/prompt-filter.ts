@@ -21,6 +21,13 @@ export interface PromptFilterOptions extends PromptFilterConfig {
 export const DEFAULT_REJECT_MESSAGE = "This request was refused by this proxy's content filter."
 const EXCERPT_CHARS = 500
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The rule that refused this prompt (error or fake completion), for the metrics; null when none did. */
+    oaiProxyFilterRule: string | null
+  }
+}
+
 type Refusal = { rule: string, param: string | null, excerpt?: string, categories?: string[], error: 'CONTENT_FILTER' | 'NON_TEXT_NOT_ALLOWED' }
 
 function invalid (path: string, reason: string): Error {
@@ -113,6 +120,7 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
 
   function refuse (request: FastifyRequest, reply: FastifyReply, endpoint: EndpointDefinition, r: Refusal): FastifyReply {
     const shape = s.completionMode ? endpoint.replyShape : undefined
+    request.oaiProxyFilterRule = r.rule
     request.log.info({
       rule: r.rule,
       param: r.param,
@@ -144,6 +152,7 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
   }
 
   decorateAnalysis(app)
+  app.decorateRequest('oaiProxyFilterRule', null)
   app.addHook('preHandler', async (request, reply) => {
     const scan = analysisOf(request)
     if (scan === null) return
@@ -152,6 +161,7 @@ const promptFilter: FastifyPluginAsync<PromptFilterOptions> = async (app, opts) 
 
     if (scan.tokenIds !== null && s.readsText) {
       const param = topField(scan.tokenIds)
+      request.oaiProxyFilterRule = 'token_ids'
       request.log.info({ rule: 'token_ids', param, endpoint: endpoint.id }, 'oai-proxy: prompt refused')
       throw proxyError('TOKEN_IDS_NOT_ALLOWED', [param], { param })
     }

@@ -29,6 +29,8 @@ export interface OaiProxyUsage {
   hideUsageChunk: boolean
   /** Tokens upstream says the call used; 0 when upstream refused it; null when unknown (aborted, cut). */
   totalTokens: number | null
+  /** Tokens reserved at admission (what stands when `totalTokens` stays null); read by the metrics. */
+  reserved: number
 }
 
 declare module 'fastify' {
@@ -118,10 +120,10 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
   }
 
   /** Settle every reservation with upstream's usage when the response closes (unknown usage: the reservations stand). */
-  function meter (request: FastifyRequest, reply: FastifyReply, settles: Array<(tokens: number) => Promise<void>>): void {
+  function meter (request: FastifyRequest, reply: FastifyReply, reserved: number, settles: Array<(tokens: number) => Promise<void>>): void {
     const analysis = analysisOf(request) as RequestAnalysis
     const body = analysis.body as Record<string, unknown>
-    const usage: OaiProxyUsage = { hideUsageChunk: false, totalTokens: null }
+    const usage: OaiProxyUsage = { hideUsageChunk: false, totalTokens: null, reserved }
     const streamOptions = body.stream_options as Record<string, unknown> | undefined
     if (body.stream === true && analysis.endpoint.usage === 'stream-option' && streamOptions?.include_usage !== true) {
       // We need the final usage chunk to settle; the client did not ask for it, so it will not see it.
@@ -162,7 +164,7 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
         throw err
       }
     }
-    meter(request, reply, settles)
+    meter(request, reply, requested, settles)
   })
 }
 

@@ -104,6 +104,8 @@ function requestBody (request: FastifyRequest, analysis: RequestAnalysis): { bod
 function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: StreamGuard) {
   const { dispatcher, origin, basePath } = app.oaiProxyUpstream
   const keys = app.oaiProxyKeys
+  // Present only when metrics are on: a few timestamps on the request, no per-chunk work (plugins/metrics).
+  const metrics = app.oaiProxyMetrics?.recorder ?? null
 
   return async function forward (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const startedAt = Date.now()
@@ -118,6 +120,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
     // The output guardrail matched, in a whole answer or a stream: logged with the rule id, never the text.
     const outputFiltered = (rule: RuleMatch) => {
       request.log.info({ rule: rule.id, endpoint: endpoint.id }, 'oai-proxy: output filtered')
+      metrics?.outputFiltered(rule.id)
     }
     const path = basePath + upstreamPath(endpoint, request.params as Record<string, string>)
     const { body, contentType: bodyType } = requestBody(request, analysis)
@@ -125,7 +128,9 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
     // A client that goes away aborts the upstream call, before or after its headers arrive.
     const abort = new UpstreamAbort()
     onResponseClose(reply.raw, () => {
-      if (!reply.raw.writableFinished) abort.abort()
+      if (reply.raw.writableFinished) return
+      abort.abort()
+      metrics?.aborted(request)
     })
 
     const tried = new Set<string>()
@@ -139,9 +144,11 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
       const headers = upstreamRequestHeaders(request.headers, { key: key.key, organization: keys.organization, project: keys.project, userAgent: opts.userAgent }, bodyType)
 
       let res
+      metrics?.sent(request, reply)
       try {
         res = await upstreamRequest(dispatcher, { origin, path, method: endpoint.method, headers, body, signal: abort })
       } catch (err) {
+        metrics?.upstreamDone(request, reply)
         // The upload itself failed on the way (a late field, a cap, the client left): that is the answer.
         const refused = request.oaiProxyForm?.form.failure()
         if (refused !== null && refused !== undefined) throw refused
@@ -153,6 +160,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
       }
 
       const status = res.statusCode
+      metrics?.answered(request, reply)
       // How much of the key's rate limit upstream says is left: rotation prefers keys with headroom.
       keys.pool.observe(key.id, res.headers)
       if (status >= 200 && status < 300) {
@@ -180,6 +188,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
             throw upstreamFailure(err)
           }
           if (whole !== null) {
+            metrics?.upstreamDone(request, reply)
             if (request.oaiProxyUsage) request.oaiProxyUsage.totalTokens = lastTotalTokens(whole)
             const filtered = shape === undefined ? null : await checkWholeAnswer(shape, whole, opts.output as OutputRules)
             if (filtered !== null) outputFiltered(filtered.rule)
@@ -209,6 +218,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
             if (!res.body.readableEnded) res.body.destroy()
           })
         }
+        metrics?.streaming(request, reply, res.body)
         return reply.code(status).headers(clientResponseHeaders(res.headers)).send(body)
       }
       if (status < 400) {
@@ -223,6 +233,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
       } catch (err) {
         throw upstreamFailure(err)
       }
+      metrics?.upstreamDone(request, reply)
       const verdict = judgeUpstreamError(status, text, firstHeader(res.headers['retry-after']), keys.secrets)
       if (verdict.disable !== undefined) {
         keys.pool.disable(key.id, verdict.disable)

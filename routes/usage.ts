@@ -1,5 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify'
 import type { QuotaUsage, Quotas } from '../lib/limit-store.js'
+import type { GuardedLimitStore } from '../lib/store-guard.js'
 import type { OaiProxyClient } from '../plugins/auth.js'
 
 export interface UsageRouteOptions {
@@ -28,6 +29,23 @@ function quotaView (quotas: Quotas, usage: QuotaUsage) {
 }
 
 /**
+ * A caller's own quotas and usage: the body of GET /v1/proxy/usage, and the `you` part of the status page
+ * (routes/status). Usage is counted for client keys only; other callers learn their kind and that nothing is metered.
+ */
+export async function usageView (client: OaiProxyClient, store: GuardedLimitStore) {
+  const quota = client.quota
+  if (quota === undefined) return { object: 'proxy.usage', client: { kind: client.kind }, metered: false, quotas: null, usage: null }
+  const usage = await store.quotaUsage(quota.account, Date.now())
+  return {
+    object: 'proxy.usage',
+    client: { kind: client.kind, id: quota.account },
+    metered: true,
+    quotas: quotaView(quota.quotas, usage),
+    usage: { day: { start: usage.day.start, tokens: usage.day.tokens, requests: usage.day.requests }, month: { start: usage.month.start, tokens: usage.month.tokens } }
+  }
+}
+
+/**
  * `GET /v1/proxy/usage`: the caller's own quotas and what it has used this UTC day and month (tokens
  * reserved by requests still in flight included). Usage is counted for client keys; other callers
  * (PROXY_KEY, a host's resolver, an open proxy) learn who they are to the proxy and that nothing is metered.
@@ -37,19 +55,9 @@ const usageRoute: FastifyPluginAsync<UsageRouteOptions> = async (app, opts) => {
   const paths = opts.unprefixedRoutes ? [USAGE_PATH, USAGE_PATH.slice(3)] : [USAGE_PATH]
   for (const url of paths) {
     app.get(url, { config: { oaiProxyLocal: true } }, async (request, reply) => {
-      // Auth ran first (this route is in the pipeline), so there is a client.
-      const client = request.oaiProxyClient as OaiProxyClient
       reply.header('cache-control', 'no-store')
-      const quota = client.quota
-      if (quota === undefined) return { object: 'proxy.usage', client: { kind: client.kind }, metered: false, quotas: null, usage: null }
-      const usage = await store.quotaUsage(quota.account, Date.now())
-      return {
-        object: 'proxy.usage',
-        client: { kind: client.kind, id: quota.account },
-        metered: true,
-        quotas: quotaView(quota.quotas, usage),
-        usage: { day: { start: usage.day.start, tokens: usage.day.tokens, requests: usage.day.requests }, month: { start: usage.month.start, tokens: usage.month.tokens } }
-      }
+      // Auth ran first (this route is in the pipeline), so there is a client.
+      return usageView(request.oaiProxyClient as OaiProxyClient, store)
     })
   }
 }

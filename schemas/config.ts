@@ -2,6 +2,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import type { Redis } from 'ioredis'
 import { OutputFilterOptionsSchema, PromptFilterOptionsSchema } from './prompt-filter.js'
 import { RequestPolicyOptionsSchema } from './request-policy.js'
+import { MetricsOptionsSchema } from '../plugins/metrics/options.js'
 import type { ResolveClient } from '../plugins/auth.js'
 
 /*
@@ -116,6 +117,10 @@ export const OaiProxyOptionsSchema = Type.Object({
   }, { additionalProperties: false })),
   /** Log an excerpt of refused prompts. Default false: refusals are logged with rule and parameter only. */
   logPrompts: Type.Optional(Type.Boolean()),
+  /** Prometheus metrics at `/metrics` (docs/metrics.md): off unless `enabled`; needs `key` or `port`. */
+  metrics: Type.Optional(MetricsOptionsSchema),
+  /** The status page at `/` (docs/status-page.md). Default true; false: `/` is an unknown path. */
+  statusPage: Type.Optional(Type.Boolean()),
   /**
    * Browser access (CORS). `origins`: exact origins and `https://*.example.com` patterns, anchored; `*` and
    * `null` are refused. Absent or empty: no CORS headers, browsers cannot read any answer.
@@ -189,6 +194,11 @@ export const EnvSchema = Type.Object({
   RATE_LIMIT_DEFAULT_OUTPUT_TOKENS: Int(1, 10_000_000),
   RATE_LIMIT_ON_STORE_ERROR: Type.Optional(Type.Unsafe<'open' | 'closed'>({ type: 'string', enum: ['open', 'closed'] })),
   NODE_TLS_REJECT_UNAUTHORIZED: Type.Optional(Type.String()),
+  METRICS: Type.Optional(Type.Boolean()),
+  METRICS_KEY: Type.Optional(Type.String()),
+  METRICS_PORT: Int(1, 65535),
+  METRICS_CLIENT_LABELS: Int(0, 10_000),
+  STATUS_PAGE: Type.Optional(Type.Boolean()),
   // Prompt filter and request policy (docs/prompt-filter.md); parsed in lib/filter-env.ts.
   REJECT_PHRASES: Type.Optional(Type.String()),
   OUTPUT_REJECT_PHRASES: Type.Optional(Type.String()),

@@ -154,7 +154,8 @@ proxyTest(t, 'R17: protocol upgrades are refused with 400 on every route', {}, a
   t.equal(h.upstream.requests.length, 0)
 })
 
-proxyTest(t, 'R04-R12, R15: path tricks over inject', {}, async (h, t) => {
+// inject's URL parser resolves GET /models/%2e%2e to GET /, which is the status page when it is on.
+proxyTest(t, 'R04-R12, R15: path tricks over inject', { proxy: { statusPage: false } }, async (h, t) => {
   for (const c of PATH_CASES) {
     const before = h.upstream.requests.length
     const res = await send(h, c.method, c.path, {}, c.method === 'POST' ? chatBody() : undefined)
