@@ -137,8 +137,9 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
 
   const limits = opts.rateLimit
   await app.register(limitStore, { redis: opts.redis, redisUrl: opts.redisUrl, onStoreError: limits.onStoreError, storeTimeoutMs: limits.storeTimeoutMs })
-  // Dead upstream keys leave rotation before a user's request fails on them; with Redis, every replica learns it.
-  await app.register(keyHealth, { intervalMs: opts.keyHealth?.intervalMs ?? 300_000, redis: app.oaiProxyLimits.redis, userAgent: `oai-reverse-proxy/${VERSION}` })
+  // Dead upstream keys leave rotation before a user's request fails on them (checks on when asked for: the
+  // standalone server asks by default); with Redis, what one replica learns about a key every replica learns.
+  await app.register(keyHealth, { intervalMs: opts.keyHealth?.intervalMs ?? 0, redis: app.oaiProxyLimits.redis, userAgent: `oai-reverse-proxy/${VERSION}` })
   // Suite-wide, before auth: 404s and 401s happen outside the proxy routes and must be counted too, a
   // client's against its key, so it needs to know who holds a valid one on paths auth never runs on.
   const keys = clientKeys(opts.proxyKeys ?? [])

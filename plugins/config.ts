@@ -160,7 +160,8 @@ export function readConfig (source: Record<string, string | undefined>): LoadedC
     ...(env.MAX_JSON_DEPTH === undefined ? {} : { maxJsonDepth: env.MAX_JSON_DEPTH }),
     ...(env.MAX_UPLOAD_BYTES === undefined ? {} : { maxUploadBytes: env.MAX_UPLOAD_BYTES }),
     ...(env.UPSTREAM_CONNECT_TIMEOUT_MS === undefined ? {} : { upstreamConnectTimeoutMs: env.UPSTREAM_CONNECT_TIMEOUT_MS }),
-    ...(env.KEY_HEALTH_INTERVAL_MS === undefined ? {} : { keyHealth: { intervalMs: env.KEY_HEALTH_INTERVAL_MS } }),
+    // The standalone server checks its upstream keys by default; a host app registering the suite opts in.
+    keyHealth: { intervalMs: env.KEY_HEALTH_INTERVAL_MS ?? 300_000 },
     ...(env.UPSTREAM_HEADERS_TIMEOUT_MS === undefined ? {} : { upstreamHeadersTimeoutMs: env.UPSTREAM_HEADERS_TIMEOUT_MS }),
     ...(env.UPSTREAM_IDLE_TIMEOUT_MS === undefined ? {} : { upstreamIdleTimeoutMs: env.UPSTREAM_IDLE_TIMEOUT_MS }),
     ...(env.STREAM_STALL_TIMEOUT_MS === undefined ? {} : { streamStallTimeoutMs: env.STREAM_STALL_TIMEOUT_MS }),

@@ -78,7 +78,7 @@ export const OaiProxyOptionsSchema = Type.Object({
   maxJsonDepth: Type.Optional(Type.Integer({ minimum: 4, maximum: 1024 })),
   /** Time to connect to upstream. Default 10 s. */
   upstreamConnectTimeoutMs: Type.Optional(Millis),
-  /** Upstream key health checks (`KEY_HEALTH_INTERVAL_MS`): every key at start-up and then this often; 0 turns them off. Default 5 minutes. */
+  /** Upstream key health checks (`KEY_HEALTH_INTERVAL_MS`): every key at start-up and then this often; 0 turns them off. Default: off in the library, 5 minutes in the standalone server. */
   keyHealth: Type.Optional(Type.Object({ intervalMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 24 * 3600 * 1000 })) }, { additionalProperties: false })),
   /** Time for upstream to send response headers (a non-streamed reasoning call can take minutes). Default 10 min. */
   upstreamHeadersTimeoutMs: Type.Optional(Millis),

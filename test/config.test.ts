@@ -12,7 +12,7 @@ const secret = canaryKey()
 t.test('defaults with only a key', async (t) => {
   const c = readConfig({ OPENAI_KEY: secret })
   t.strictSame(c.server, { host: '127.0.0.1', port: 8080, logLevel: 'info', trustProxy: false, requestTimeoutMs: 60_000, headersTimeoutMs: 10_000, keepAliveTimeoutMs: 72_000, maxRequestsPerSocket: 1000, maxConnections: 10_000, maxConnectionsPerAddress: 1000, shutdownGraceMs: 10_000, production: false })
-  t.strictSame(c.proxy, { openaiKeys: [secret], proxyKeys: [], rateLimit: {} })
+  t.strictSame(c.proxy, { openaiKeys: [secret], proxyKeys: [], keyHealth: { intervalMs: 300_000 }, rateLimit: {} })
   t.equal(c.demo, false)
 })
 
@@ -41,6 +41,7 @@ t.test('every variable maps onto its option', async (t) => {
     MAX_CONNECTIONS: '500',
     MAX_CONNECTIONS_PER_ADDRESS: '20',
     UPSTREAM_CONNECT_TIMEOUT_MS: '100',
+    KEY_HEALTH_INTERVAL_MS: '0',
     UPSTREAM_HEADERS_TIMEOUT_MS: '200',
     UPSTREAM_IDLE_TIMEOUT_MS: '300',
     STREAM_STALL_TIMEOUT_MS: '0',
@@ -70,6 +71,7 @@ t.test('every variable maps onto its option', async (t) => {
     maxUploadBytes: 65536,
     maxBodyBytesInFlight: 4096,
     upstreamConnectTimeoutMs: 100,
+    keyHealth: { intervalMs: 0 },
     upstreamHeadersTimeoutMs: 200,
     upstreamIdleTimeoutMs: 300,
     streamStallTimeoutMs: 0,
