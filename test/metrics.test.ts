@@ -123,6 +123,7 @@ t.test('metrics options are checked at start-up', async (t) => {
   t.match((await startFails({ proxyKeys: [proxyKey], metrics: { enabled: true, key: proxyKey } })).message, /METRICS_KEY\) is one of the proxy keys/)
   t.match((await startFails({ metrics: { enabled: true, key: 'short' } })).message, /invalid option \/metrics\/key/)
   await t.rejects(startFails({}), /started/)
+  await t.rejects(startFails({ metrics: { enabled: true, key: KEY } }), /started/, 'no proxy keys at all')
 })
 
 proxyTest(t, 'off by default: /metrics is an unknown path and the proxy route keeps no times', {}, async (h, t) => {
@@ -157,7 +158,7 @@ proxyTest(t, 'each limit kind is counted: tokens, concurrency, ban (and quotas i
 })
 
 proxyTest(t, 'streams: open while sent, then closed; a client that leaves is counted as aborted', {
-  listen: true, proxy: { metrics: metricsOn }, fake: { chunkDelayMs: 40 }
+  listen: true, proxy: { metrics: metricsOn, rateLimit: { tokensPerMinute: 1_000_000, defaultOutputTokens: OUTPUT } }, fake: { chunkDelayMs: 40 }
 }, async (h, t) => {
   const open = async () => request(`${h.url}/v1/chat/completions`, { method: 'POST', headers: { ...h.auth, 'content-type': 'application/json' }, body: JSON.stringify(chatBody({ stream: true, messages: [{ role: 'user', content: 'a '.repeat(60) }] })) })
   const full = await open()
@@ -180,6 +181,32 @@ proxyTest(t, 'streams: open while sent, then closed; a client that leaves is cou
   t.equal(sum(text, 'oai_proxy_requests_total', { endpoint: 'chat.completions', status_class: 'aborted' }), 1)
   t.equal(sum(text, 'oai_proxy_requests_total', { endpoint: 'chat.completions', status_class: '2xx' }), 1)
   t.equal(sum(text, 'oai_proxy_upstream_seconds_count'), 1, 'aborted requests are not in the histograms')
+  const reserved = sum(text, 'oai_proxy_tokens_reserved_total')
+  const aborted = reservation(chatBody({ stream: true, messages: [{ role: 'user', content: 'a '.repeat(60) }] }))
+  t.ok(reserved >= 2 * aborted - 1, 'both streams reserved')
+  t.ok(sum(text, 'oai_proxy_tokens_settled_total') >= aborted, "the aborted stream's reservation stands")
+})
+
+proxyTest(t, 'a key upstream refuses shows as out of rotation, by state and by key id', { keyCount: 2, proxy: { metrics: metricsOn } }, async (h, t) => {
+  const [dead, alive] = h.keys as [string, string]
+  h.upstream.script((req) => req.headers.authorization === `Bearer ${dead}` ? { kind: 'json', status: 401, body: { error: { message: 'Incorrect API key provided', type: 'invalid_request_error', param: null, code: 'invalid_api_key' } } } : undefined)
+  for (let i = 0; i < 2; i++) t.equal((await post(h)).statusCode, 200)
+  const text = await scrape(h)
+  t.strictSame(Object.fromEntries(lines(text, 'oai_proxy_upstream_keys').map((l) => [l.labels.state, l.value])), { active: 1, invalid_api_key: 1 })
+  t.strictSame(Object.fromEntries(lines(text, 'oai_proxy_upstream_key_state').map((l) => [l.labels.key_id, l.labels.state])), { [fingerprint(dead)]: 'invalid_api_key', [fingerprint(alive)]: 'active' })
+  t.equal(sum(text, 'oai_proxy_upstream_seconds_count'), 2, 'a retry on the next key is one upstream time')
+  assertNoLeak(t, text, [...h.secrets, h.proxyKey, KEY], '/metrics')
+})
+
+proxyTest(t, 'an unreachable upstream: upstream time until the failure, no first byte', {
+  proxy: { metrics: metricsOn, upstreamUrl: 'http://127.0.0.1:9' }
+}, async (h, t) => {
+  t.equal((await post(h)).statusCode, 502)
+  const text = await scrape(h)
+  t.equal(sum(text, 'oai_proxy_requests_total', { endpoint: 'chat.completions', status_class: '5xx' }), 1)
+  t.equal(sum(text, 'oai_proxy_upstream_seconds_count'), 1)
+  t.equal(sum(text, 'oai_proxy_overhead_seconds_count'), 1)
+  t.equal(lines(text, 'oai_proxy_time_to_first_byte_seconds_count').length, 0, 'upstream never answered')
 })
 
 proxyTest(t, 'bytes in and out are the bytes on the wire', { listen: true, proxy: { metrics: metricsOn } }, async (h, t) => {
@@ -245,12 +272,15 @@ t.test('a metrics port that is taken stops start-up', async (t) => {
   t.match((await startFails({ metrics: { enabled: true, port: metricsPort(first) } })).message, /EADDRINUSE/)
 })
 
-proxyTest(t, "the output guardrail's cuts are counted by rule, stage output", {
-  proxy: { metrics: metricsOn, outputFilter: { phrases: ['purple elephant'] } }
+proxyTest(t, "the output guardrail's cuts are counted by rule, stage output; a rewritten model list is timed", {
+  proxy: { metrics: metricsOn, outputFilter: { phrases: ['purple elephant'] }, policy: { allowedModels: ['gpt-4o*'] } }
 }, async (h, t) => {
   const res = await post(h, chatBody({ messages: [{ role: 'user', content: 'say purple elephant please' }] }))
   t.equal(res.statusCode, 200)
+  t.equal((await h.app.inject({ url: '/v1/models', headers: h.auth })).statusCode, 200)
   const text = await scrape(h)
+  t.equal(sum(text, 'oai_proxy_upstream_seconds_count', { endpoint: 'models.list' }), 1)
+  t.equal(sum(text, 'oai_proxy_overhead_seconds_count', { endpoint: 'models.list' }), 1)
   t.strictSame(lines(text, 'oai_proxy_filter_refusals_total').map((l) => [l.labels.rule, l.labels.stage, l.value]), [['phrase:1', 'output', 1]])
 })
 

@@ -16,14 +16,15 @@ export function keyCheck (key: string | undefined): (authorization: string | und
   const expected = digest(key)
   return (authorization) => {
     const m = typeof authorization === 'string' ? /^Bearer[ \t]+([\x21-\x7e]{1,1024})[ \t]*$/i.exec(authorization) : null
-    return timingSafeEqual(digest(m?.[1] ?? ''), expected)
+    return timingSafeEqual(digest(m === null ? '' : m[1] as string), expected)
   }
 }
 
 /** The separate listener: GET (or HEAD) /metrics and nothing else; no body is read. */
 export function metricsServer (registry: Registry, authorised: (authorization: string | undefined) => boolean): Server {
   const server = createServer((req: IncomingMessage, res) => {
-    const path = (req.url ?? '').replace(/\?.*$/s, '')
+    // A server's request always has a URL.
+    const path = (req.url as string).replace(/\?.*$/s, '')
     if (path !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' }).end('Not Found\n')
       return

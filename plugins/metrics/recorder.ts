@@ -131,7 +131,7 @@ export class ProxyMetrics {
     const row = request.routeOptions.config.oaiProxyMetricsRow ?? UNMATCHED
     const client = request.oaiProxyClient
     const status = reply === null ? ABORTED : Math.min(Math.max(Math.floor(reply.statusCode / 100), 1), 5) - 1
-    this.requests.add(this.requests.cell(row, status, client == null ? 0 : CLIENT_INDEX[client.kind] ?? 0))
+    this.requests.add(this.requests.cell(row, status, client == null ? 0 : CLIENT_INDEX[client.kind] as number))
     this.#bytes(request.raw.socket as MarkedSocket | null, row)
     const rule = request.oaiProxyFilterRule
     if (rule != null) this.filtered.add(this.filtered.cell(this.rules.indexOf(rule)))

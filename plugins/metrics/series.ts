@@ -80,18 +80,21 @@ class Cells {
 /** A counter over the cross product of a few labels. Cells at zero are not exported: most combinations never happen. */
 export class CounterTable extends Series {
   readonly #cells: Cells
+  readonly #strides: [number, number, number]
   readonly counts: Float64Array
 
   constructor (name: string, help: string, dims: ReadonlyArray<{ name: string, labels: LabelValues }>) {
     super(name, help, 'counter')
     this.#cells = new Cells(dims)
+    // Up to three labels; a missing one has stride 0.
+    this.#strides = [0, 1, 2].map((i) => this.#cells.strides[i] ?? 0) as [number, number, number]
     this.counts = new Float64Array(this.#cells.count)
   }
 
   /** The cell of one index per label, in the order the labels were given. */
   cell (a: number, b = 0, c = 0): number {
-    const s = this.#cells.strides
-    return a * (s[0] as number) + b * (s[1] ?? 0) + c * (s[2] ?? 0)
+    const s = this.#strides
+    return a * s[0] + b * s[1] + c * s[2]
   }
 
   add (cell: number, n = 1): void {

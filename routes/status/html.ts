@@ -30,16 +30,18 @@ function uptime (seconds: number): string {
 
 function yourUsage (you: NonNullable<StatusView['you']>): string {
   if (!you.metered) return `<h2>Your key</h2><p>A ${escapeHtml(you.kind)}: its use is not metered.</p>`
-  const q = you.quotas
-  const quota = (name: string, v: { limit: number, used: number, resets_at: string } | null | undefined): Array<readonly [string, string]> =>
-    v === null || v === undefined ? [] : [[name, `${v.used.toLocaleString('en-US')} of ${v.limit.toLocaleString('en-US')} (resets ${v.resets_at})`]]
+  // Metered: usage and quotas are both there (routes/usage.ts).
+  const q = you.quotas as NonNullable<typeof you.quotas>
+  const u = you.usage as NonNullable<typeof you.usage>
+  const quota = (name: string, v: { limit: number, used: number, resets_at: string } | null): Array<readonly [string, string]> =>
+    v === null ? [] : [[name, `${v.used.toLocaleString('en-US')} of ${v.limit.toLocaleString('en-US')} (resets ${v.resets_at})`]]
   return '<h2>Your key</h2>' + rows([
-    ['tokens today', String(you.usage?.day.tokens ?? 0)],
-    ['requests today', String(you.usage?.day.requests ?? 0)],
-    ['tokens this month', String(you.usage?.month.tokens ?? 0)],
-    ...quota('tokens per day', q?.tokens_per_day),
-    ...quota('tokens per month', q?.tokens_per_month),
-    ...quota('requests per day', q?.requests_per_day)
+    ['tokens today', String(u.day.tokens)],
+    ['requests today', String(u.day.requests)],
+    ['tokens this month', String(u.month.tokens)],
+    ...quota('tokens per day', q.tokens_per_day),
+    ...quota('tokens per month', q.tokens_per_month),
+    ...quota('requests per day', q.requests_per_day)
   ])
 }
 
