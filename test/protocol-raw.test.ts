@@ -1,3 +1,4 @@
+import { createServer as createHttpServer } from 'node:http'
 import { connect, createServer, type Socket } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
@@ -312,12 +313,27 @@ proxyTest(t, 'H07: duplicate Content-Type takes the first value and the body is 
 // ---------------------------------------------------------------------------------------------------------
 // H08: many headers.
 
+/** Whether this Node's own HTTP server answers 431 to these header lines (no proxy involved). */
+async function nodeRefuses (lines: string): Promise<boolean> {
+  const server = createHttpServer((_req, res) => res.end()).listen(0, '127.0.0.1')
+  await new Promise((resolve) => server.once('listening', resolve))
+  const seen = await exchange((server.address() as AddressInfo).port, `GET / HTTP/1.1\r\nHost: x\r\n${lines}Connection: close\r\n\r\n`)
+  await new Promise((resolve) => server.close(resolve))
+  return seen.responses[0]?.statusCode === 431
+}
+
 proxyTest(t, 'H08: 500 small headers are served with only the allowlist upstream; 500 larger ones and 70 KiB of headers are 431', { listen: true }, async (h, t) => {
   const get = (lines: string) => `GET /v1/models HTTP/1.1\r\nHost: proxy.test\r\n${authLine(h)}${lines}Connection: close\r\n\r\n`
   const allowlist = ['accept-encoding', 'authorization', 'connection', 'host', 'openai-organization', 'openai-project', 'user-agent']
+  // Too many header lines: Node 20 keeps the first 2,000 and serves; Node 22 (seen on 22.23.5, the Docker
+  // image's major) refuses more than about 1,000 headers with 431. Node's choice, not the proxy's: whichever
+  // this Node makes, the proxy either serves with the allowlist only or refuses in OpenAI's shape.
+  const manyEmpty = ['2,100 empty headers', Array.from({ length: 2100 }, (_, i) => `a${i}:\r\n`).join('')] as const
+  const refusesMany = await nodeRefuses(manyEmpty[1])
+  t.comment(`Node ${process.version} ${refusesMany ? 'refuses' : 'serves'} 2,100 header lines`)
   for (const [what, lines] of [
     ['500 small headers (5 KB)', Array.from({ length: 500 }, (_, i) => `X-H${i}: v\r\n`).join('')],
-    ['2,100 empty headers (Node keeps the first 2,000)', Array.from({ length: 2100 }, (_, i) => `a${i}:\r\n`).join('')]
+    ...(refusesMany ? [] : [manyEmpty])
   ] as const) {
     const before = h.upstream.requests.length
     const seen = await exchange(port(h), get(lines))
@@ -329,7 +345,8 @@ proxyTest(t, 'H08: 500 small headers are served with only the allowlist upstream
   }
   for (const [what, lines] of [
     ['500 headers of 43 bytes (21 KB, over Node\'s 16 KiB)', Array.from({ length: 500 }, (_, i) => `X-Header-Number-${String(i).padStart(3, '0')}: ${'v'.repeat(20)}\r\n`).join('')],
-    ['70 headers of 1 KB (over 64 KiB in total)', Array.from({ length: 70 }, (_, i) => `X-Big-${i}: ${'v'.repeat(1000)}\r\n`).join('')]
+    ['70 headers of 1 KB (over 64 KiB in total)', Array.from({ length: 70 }, (_, i) => `X-Big-${i}: ${'v'.repeat(1000)}\r\n`).join('')],
+    ...(refusesMany ? [manyEmpty] : [])
   ] as const) {
     const before = h.upstream.requests.length
     const seen = await exchange(port(h), get(lines))
