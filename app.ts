@@ -19,13 +19,9 @@ import rateLimit from './plugins/rate-limit.js'
 import tokenBudget from './plugins/token-budget.js'
 import clientKeyFile from './plugins/client-keys/file-store.js'
 import clientKeyScopes from './plugins/client-keys/scopes.js'
-import adminApi, { DEFAULT_ADMIN_PREFIX } from './plugins/admin/index.js'
 import usageFile from './plugins/client-keys/usage-file.js'
-import clientKeyRedis from './plugins/client-keys/redis-store.js'
-import browserTokens from './plugins/client-keys/browser-token-plugin.js'
 import health from './routes/health.js'
 import statusRoute from './routes/status/index.js'
-import metrics from './plugins/metrics/index.js'
 import usageRoute from './routes/usage.js'
 import proxyRoutes, { allowedMethods } from './routes/proxy.js'
 import { OaiProxyOptionsSchema, type OaiProxyOptions } from './schemas/config.js'
@@ -115,9 +111,13 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
   app.addHook('onRequest', async (_request, reply) => { watchClose(reply.raw) })
   await app.register(errorHandler, { allowedMethods: allowedMethods(opts.endpoints, unprefixed) })
   // Before any route, so every route gets its endpoint label (docs/metrics.md). Off unless configured.
+  // Optional features are loaded only when configured (here and below): prom-client alone is ~12 MiB of an
+  // idle proxy's memory, and a proxy without metrics, an admin API or browser tokens should not pay for them.
   if (opts.metrics?.enabled === true) {
     const { enabled: _on, ...metricsOptions } = opts.metrics
-    await app.register(metrics, { ...metricsOptions, proxyKeys: opts.proxyKeys, adminPrefix: opts.admin === undefined ? undefined : opts.admin.prefix ?? DEFAULT_ADMIN_PREFIX })
+    const { default: metrics } = await import('./plugins/metrics/index.js')
+    const adminPrefix = opts.admin === undefined ? undefined : opts.admin.prefix ?? (await import('./plugins/admin/index.js')).DEFAULT_ADMIN_PREFIX
+    await app.register(metrics, { ...metricsOptions, proxyKeys: opts.proxyKeys, adminPrefix })
   }
   // Before the pipeline: preflights carry no credentials, so CORS must answer them before auth and limits.
   await app.register(cors, { origins: opts.cors?.origins ?? [] })
@@ -149,10 +149,14 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     // Without Redis, quota counts live in this replica's memory: kept beside the keys file across restarts.
     if (app.oaiProxyLimits.redis === undefined) await app.register(usageFile, { file: `${opts.keysFile}.usage.json`, quotas: app.oaiProxyLimits.memory.quotas })
   } else if (opts.keysStore === 'redis') {
+    const { default: clientKeyRedis } = await import('./plugins/client-keys/redis-store.js')
     await app.register(clientKeyRedis, { redis: app.oaiProxyLimits.redis as Redis })
   }
   const records = opts.keysFile === undefined && opts.keysStore === undefined ? undefined : app.oaiProxyClientKeys
-  if (records !== undefined && opts.browserTokens !== undefined) await app.register(browserTokens, { secrets: opts.browserTokens.secrets, keys: records, corsOrigins: opts.cors?.origins ?? [] })
+  if (records !== undefined && opts.browserTokens !== undefined) {
+    const { default: browserTokens } = await import('./plugins/client-keys/browser-token-plugin.js')
+    await app.register(browserTokens, { secrets: opts.browserTokens.secrets, keys: records, corsOrigins: opts.cors?.origins ?? [] })
+  }
   const tokens = opts.browserTokens === undefined ? undefined : app.oaiProxyBrowserTokens
   const identify = keys.size === 0 && records === undefined
     ? undefined
@@ -175,7 +179,10 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     })
   }
   // A sibling of the pipeline, not inside it: proxy keys, the proxy's limits and the upstream never see it.
-  if (opts.admin !== undefined) await app.register(adminApi, { key: opts.admin.key, prefix: opts.admin.prefix, proxyKeys: opts.proxyKeys, keys: records })
+  if (opts.admin !== undefined) {
+    const { default: adminApi } = await import('./plugins/admin/index.js')
+    await app.register(adminApi, { key: opts.admin.key, prefix: opts.admin.prefix, proxyKeys: opts.proxyKeys, keys: records })
+  }
   await app.register(async (pipeline) => {
     await pipeline.register(requestGuard)
     await pipeline.register(auth, { proxyKeys: opts.proxyKeys, resolveClient: opts.resolveClient, keyRecords: records, browserTokens: tokens })
