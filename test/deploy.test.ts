@@ -123,3 +123,11 @@ t.test('.ci/runtime-stage.mjs reads the runtime stage as the Dockerfile writes i
 
   t.match(read('.ci/run'), /node \.ci\/runtime-stage\.mjs/, '.ci/run runs it')
 })
+
+t.test('.ci/run: the Node 22 file list names test files that exist', async (t) => {
+  const list = /^node22_files=\(\n([\s\S]*?)\n\)$/m.exec(read('.ci/run'))?.[1] ?? ''
+  const files = list.split('\n').filter((l) => !l.trim().startsWith('#')).join(' ').split(/\s+/).filter((f) => f !== '')
+  t.ok(files.length >= 10, `${files.length} files`)
+  t.strictSame(files.filter((f) => !/^test\/[a-z0-9-]+\.test\.ts$/.test(f) || !existsSync(join(root, f))), [], 'every entry is an existing test file')
+  t.ok(files.includes('test/deploy.test.ts') && files.includes('test/protocol-raw.test.ts'))
+})
