@@ -4,7 +4,7 @@ import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { fingerprint } from '../lib/key-pool.js'
 import { subprotocolKey } from '../lib/realtime-upgrade.js'
-import { SECRET_PREFIX, type ClientLimits, type ClientQuotas } from '../schemas/client-keys.js'
+import { SECRET_PREFIX, type OaiProxyClient } from '../schemas/client-keys.js'
 import { attachClientKey, type ClientKeyLookup } from './client-keys/records.js'
 import { TOKEN_PREFIX, type BrowserTokenVerifier } from './client-keys/browser-tokens.js'
 import { admitBrowserToken } from './client-keys/browser-token-plugin.js'
@@ -34,16 +34,8 @@ export interface AuthOptions {
   browserTokens?: BrowserTokenVerifier | undefined
 }
 
-/** Who is calling. `id` keys rate limits and logs; it never contains a secret. */
-export interface OaiProxyClient {
-  id: string
-  /** `host`: identified by the host app's `resolveClient`; `client-key`: a record of the keys file (`id` is the record's id). */
-  kind: 'proxy-key' | 'anonymous' | 'host' | 'client-key' | 'browser-token'
-  /** This client's own limits, replacing the suite's where set (a client key's record; 0 turns one off for it). */
-  limits?: ClientLimits
-  /** The account its use is charged to and that account's quotas (a client key's record; several clients may share one). */
-  quota?: { account: string, quotas: ClientQuotas }
-}
+// Who is calling: a data type shared by every step that reads the caller (schemas/client-keys.ts).
+export type { OaiProxyClient } from '../schemas/client-keys.js'
 
 declare module 'fastify' {
   interface FastifyRequest {

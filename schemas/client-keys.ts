@@ -40,6 +40,17 @@ export interface ClientQuotas {
   requestsPerDay?: number
 }
 
+/** Who is calling. `id` keys rate limits and logs; it never contains a secret. */
+export interface OaiProxyClient {
+  id: string
+  /** `host`: identified by the host app's `resolveClient`; `client-key`: a record of the keys file (`id` is the record's id). */
+  kind: 'proxy-key' | 'anonymous' | 'host' | 'client-key' | 'browser-token'
+  /** This client's own limits, replacing the suite's where set (a client key's record; 0 turns one off for it). */
+  limits?: ClientLimits
+  /** The account its use is charged to and that account's quotas (a client key's record; several clients may share one). */
+  quota?: { account: string, quotas: ClientQuotas }
+}
+
 /** Per-key limits (replacing the suite's for that key) and quotas; 0 turns a limit off for the key, a quota of 0 allows nothing. */
 export const ClientKeyLimitsSchema = Type.Object({
   requestsPerWindow: Type.Optional(Count),
