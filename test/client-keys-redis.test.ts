@@ -108,6 +108,19 @@ t.test('two replicas share records kept in Redis', async (t) => {
   for (const r of [await chat(a, quota)]) assertNoLeak(t, seenByClient(r), [...a.secrets, quota], 'answer')
 })
 
+t.test('the admin API writes records kept in Redis through the suite\'s own Redis client', async (t) => {
+  const server = await startRedis()
+  t.teardown(server.stop)
+  const adminKey = `admin-${'k'.repeat(40)}`
+  const h = await harness({ proxy: { keysStore: 'redis', redisUrl: server.url, admin: { key: adminKey } } })
+  t.teardown(h.close)
+  const created = await h.app.inject({ method: 'POST', url: '/admin/keys', headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json' }, payload: JSON.stringify({ name: 'via-admin' }) })
+  t.equal(created.statusCode, 201, created.body)
+  const { secret } = JSON.parse(created.body) as { secret: string }
+  t.equal((await chat(h, secret)).statusCode, 200, 'usable at once on the replica that wrote it')
+  assertNoLeak(t, h.logs.join(''), [...h.secrets, secret, adminKey], 'logs')
+})
+
 t.test('browser tokens minted against a record kept in Redis: usable, and revoked with it', async (t) => {
   const server = await startRedis()
   t.teardown(server.stop)

@@ -53,7 +53,9 @@ export class RedisRecords {
   }
 
   async #transact<T> (change: (records: ClientKeyRecord[]) => KeyRecordChange<T>): Promise<T> {
-    this.#writer ??= this.#redis.duplicate()
+    // The suite's client neither connects on its own nor queues (lazyConnect, no offline queue): the writer
+    // must do both, or its first WATCH fails before the connection is up.
+    this.#writer ??= this.#redis.duplicate({ lazyConnect: false, enableOfflineQueue: true })
     const w = this.#writer
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       await w.watch(this.#records)
