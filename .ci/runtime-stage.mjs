@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* c8 ignore start -- a CI script .ci/run runs on its own; test/deploy.test.ts runs only its --plan (tap's process tracking then counts this file) */
 /*
  * The Dockerfile's runtime stage, run on the host the way the image runs it, for CI machines without a
  * container engine. It reads the Dockerfile itself (so the two cannot drift apart) and refuses any
@@ -424,3 +425,4 @@ if (process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(
     process.exit(1)
   })
 }
+/* c8 ignore stop */
