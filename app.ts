@@ -120,7 +120,8 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
     await app.register(metrics, { ...metricsOptions, proxyKeys: opts.proxyKeys, adminPrefix })
   }
   // Before the pipeline: preflights carry no credentials, so CORS must answer them before auth and limits.
-  await app.register(cors, { origins: opts.cors?.origins ?? [] })
+  const corsOrigins = opts.cors?.origins ?? []
+  await app.register(cors, { origins: corsOrigins })
   await app.register(keyInjection, { openaiKeys: opts.openaiKeys, organization: opts.organization, project: opts.project })
   await app.register(upstream, {
     upstreamUrl: opts.upstreamUrl,
@@ -155,7 +156,7 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
   const records = opts.keysFile === undefined && opts.keysStore === undefined ? undefined : app.oaiProxyClientKeys
   if (records !== undefined && opts.browserTokens !== undefined) {
     const { default: browserTokens } = await import('./plugins/client-keys/browser-token-plugin.js')
-    await app.register(browserTokens, { secrets: opts.browserTokens.secrets, keys: records, corsOrigins: opts.cors?.origins ?? [] })
+    await app.register(browserTokens, { secrets: opts.browserTokens.secrets, keys: records, corsOrigins })
   }
   const tokens = opts.browserTokens === undefined ? undefined : app.oaiProxyBrowserTokens
   const identify = keys.size === 0 && records === undefined
@@ -225,7 +226,7 @@ const oaiProxy: FastifyPluginAsync<OaiProxyOptions> = async (app, raw) => {
         filter: opts.filter === undefined ? null : { ...opts.filter, message: opts.filter.message ?? DEFAULT_REJECT_MESSAGE },
         tokensPerMinute: limits.tokensPerMinute,
         logPrompts: opts.logPrompts ?? false,
-        origins: opts.cors?.origins ?? []
+        origins: corsOrigins
       })
     }
   })

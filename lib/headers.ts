@@ -59,3 +59,8 @@ export function clientResponseHeaders (upstream: Record<string, string | string[
   }
   return out
 }
+
+/** The first value of a header undici may give as a list. */
+export function firstHeader (value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value
+}

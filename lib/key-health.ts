@@ -2,7 +2,8 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Dispatcher } from 'undici'
 import type { KeyPool, PooledKey } from './key-pool.js'
 import { request } from './undici-core.js'
-import { judgeUpstreamError, readCapped } from './upstream-errors.js'
+import { firstHeader } from './headers.js'
+import { errorCode, judgeUpstreamError, readCapped } from './upstream-errors.js'
 
 /*
  * Upstream key health: each key is asked two cheap questions, so a dead key leaves rotation before a
@@ -49,8 +50,7 @@ export async function checkKey (upstream: Upstream, keys: Credentials, k: Pooled
         pool.observe(k.id, res.headers)
         continue
       }
-      const retryAfter = res.headers['retry-after']
-      const verdict = judgeUpstreamError(res.status, res.text, Array.isArray(retryAfter) ? retryAfter[0] : retryAfter, keys.secrets)
+      const verdict = judgeUpstreamError(res.status, res.text, firstHeader(res.headers['retry-after']), keys.secrets)
       if (verdict.disable !== undefined) {
         if (k.disabled === null) log.warn({ key: k.id, reason: verdict.disable, by: 'health-check' }, 'oai-proxy: upstream key taken out of rotation')
         pool.disable(k.id, verdict.disable)
@@ -64,7 +64,7 @@ export async function checkKey (upstream: Upstream, keys: Credentials, k: Pooled
       return 'unknown'
     }
   } catch (err) {
-    log.debug({ key: k.id, code: (err as { code?: string }).code ?? (err as Error).name }, 'oai-proxy: key health check could not reach upstream')
+    log.debug({ key: k.id, code: errorCode(err) }, 'oai-proxy: key health check could not reach upstream')
     return 'unknown'
   }
   if (pool.enable(k.id)) log.info({ key: k.id, by: 'health-check' }, 'oai-proxy: upstream key back in rotation')

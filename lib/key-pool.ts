@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { parseGoDuration } from './durations.js'
+import { firstHeader as first } from './headers.js'
 
 export type KeyDisableReason = 'invalid_api_key' | 'insufficient_quota'
 
@@ -27,7 +28,6 @@ export function fingerprint (secret: string, prefix = 'key'): string {
 const band = (headroom: number): number => (headroom >= 0.5 ? 3 : headroom >= 0.2 ? 2 : headroom >= 0.05 ? 1 : 0)
 
 type Headers = Record<string, string | string[] | undefined>
-const first = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v)
 
 /**
  * The upstream key pool: least-recently-used rotation among the keys with the most headroom left,

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
-import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js'
+import { clientResponseHeaders, firstHeader, upstreamRequestHeaders } from '../lib/headers.js'
 import { SecretRedactor, filtersInRow, redactBytes, type ChunkFilter } from '../lib/redact.js'
 import { sendRewritten } from '../lib/response-rewrite.js'
 import { UsageReader, lastTotalTokens, watchUsage } from '../lib/usage-tap.js'
@@ -82,10 +82,6 @@ class UpstreamAbort extends EventEmitter {
 
 /** Error codes of a call that never reached upstream (refused, unresolvable, TLS refused, connect timeout). */
 const CONNECT_FAILURE = /^(ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|UND_ERR_CONNECT_TIMEOUT|ERR_TLS_|DEPTH_ZERO|SELF_SIGNED|UNABLE_TO_|CERT_)/
-
-function firstHeader (value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value[0] : value
-}
 
 /**
  * What goes upstream, and its content type: the checked JSON (the client's bytes where they mean exactly

@@ -1,5 +1,7 @@
 import t from 'tap'
+import { Redis } from 'ioredis'
 import { KeyPool, fingerprint, type KeyState } from '../lib/key-pool.js'
+import { KEY_STATE_HASH } from '../lib/key-state-sync.js'
 import { parseGoDuration } from '../lib/durations.js'
 import { canaryKey, chatBody, harness, proxyTest, sleep, type Harness } from './helper.js'
 import { hasRedis, startRedis } from './redis-helper.js'
@@ -31,6 +33,16 @@ t.test('the pool: enable, headroom, rests, shared states', async (t) => {
   t.strictSame([pool.acquire()?.key, pool.acquire()?.key, pool.acquire()?.key], ['b', 'c', 'b'], 'a (2% left) is used only after the others')
   pool.observe(a, { 'x-ratelimit-remaining-requests': ['60'], 'x-ratelimit-limit-requests': '100' })
   t.equal(pool.acquire()?.key, 'a', 'with headroom again it is back in the rotation')
+  // The bands: 30% left beats 10%, which beats 2%; the same band rotates least recently used.
+  const bands = new KeyPool(['p', 'q', 'r'])
+  const left = (k: string, n: number) => bands.observe(fingerprint(k), { 'x-ratelimit-remaining-requests': String(n), 'x-ratelimit-limit-requests': '100' })
+  left('p', 2)
+  left('q', 10)
+  left('r', 30)
+  t.strictSame([bands.acquire()?.key, bands.acquire()?.key], ['r', 'r'])
+  left('r', 8)
+  t.strictSame([bands.acquire()?.key, bands.acquire()?.key], ['q', 'r'], '10% and 8% are one band: least recently used')
+  bands.coolDown('key_unknown', 1000)
   pool.observe(c, { 'x-ratelimit-remaining-requests': 'x', 'x-ratelimit-limit-requests': '0' })
   pool.observe('key_unknown', { 'x-ratelimit-remaining-requests': '0' })
   pool.observe(b, {})
@@ -133,24 +145,29 @@ proxyTest(t, 'a check that cannot reach upstream changes nothing; closing stops 
 t.test('with Redis, one replica learning that a key is out of quota takes it out everywhere', { skip: !hasRedis && 'no redis-server' }, async (t) => {
   const server = await startRedis()
   t.teardown(server.stop)
-  const keys = [canaryKey(), canaryKey()]
+  const keys = [canaryKey(), canaryKey(), canaryKey()]
   const replica = () => harness({ fake: { validKeys: undefined }, proxy: { openaiKeys: keys, redisUrl: server.url } })
   const a = await replica()
   const b = await replica()
   t.teardown(async () => { await a.close(); await b.close() })
-  const [spent, fine] = keys as [string, string]
+  const [spent, fine, extra] = keys as [string, string, string]
   a.upstream.script((r) => (bearer(r) === spent ? error(429, 'insufficient_quota', 'insufficient_quota') : undefined))
   // Least recently used: A's first request tries `spent`, learns, and is answered through `fine`.
   t.equal((await chat(a)).statusCode, 200)
-  t.strictSame(a.upstream.requests.map(bearer), [spent, fine])
+  t.strictSame(a.upstream.requests.map(bearer), [spent, fine], 'tried the least recently used, then the next')
   await sleep(2500)
   for (let i = 0; i < 4; i++) t.equal((await chat(b)).statusCode, 200)
-  t.strictSame(new Set(b.upstream.requests.map(bearer)), new Set([fine]), 'B never tries the key A found spent')
+  t.strictSame(new Set(b.upstream.requests.map(bearer)), new Set([fine, extra]), 'B never tries the key A found spent')
   t.ok(b.logs.some((l) => l.includes('upstream key state changed') && l.includes('another replica')))
+  // Values that are not ours in the hash are ignored, not applied.
+  const redis = new Redis(server.url)
+  t.teardown(() => { redis.disconnect() })
+  await redis.hset(KEY_STATE_HASH, fingerprint(fine), JSON.stringify({ at: 'soon', coolUntil: 0, disabled: 'insufficient_quota' }))
+  await redis.hset(KEY_STATE_HASH, fingerprint(extra), 'not json')
   // A third replica started later learns it at start-up.
   const c = await replica()
   t.teardown(c.close)
   for (let i = 0; i < 3; i++) await chat(c)
-  t.strictSame(new Set(c.upstream.requests.map(bearer)), new Set([fine]))
-  for (const h of [a, b, c]) t.notOk(h.logs.join('').includes(spent) || h.logs.join('').includes(fine), 'no key in the logs')
+  t.strictSame(new Set(c.upstream.requests.map(bearer)), new Set([fine, extra]), 'nor does a late replica; values that are not ours change nothing')
+  for (const h of [a, b, c]) t.notOk(keys.some((k) => h.logs.join('').includes(k)), 'no key in the logs')
 })
