@@ -1,7 +1,8 @@
 import t from 'tap'
 import { Redis } from 'ioredis'
 import { KeyPool, fingerprint, type KeyState } from '../lib/key-pool.js'
-import { KEY_STATE_HASH } from '../lib/key-state-sync.js'
+import { KEY_STATE_HASH, KeyStateSync } from '../lib/key-state-sync.js'
+import type { FastifyBaseLogger } from 'fastify'
 import { parseGoDuration } from '../lib/durations.js'
 import { canaryKey, chatBody, harness, proxyTest, sleep, type Harness } from './helper.js'
 import { hasRedis, startRedis } from './redis-helper.js'
@@ -170,4 +171,38 @@ t.test('with Redis, one replica learning that a key is out of quota takes it out
   for (let i = 0; i < 3; i++) await chat(c)
   t.strictSame(new Set(c.upstream.requests.map(bearer)), new Set([fine, extra]), 'nor does a late replica; values that are not ours change nothing')
   for (const h of [a, b, c]) t.notOk(keys.some((k) => h.logs.join('').includes(k)), 'no key in the logs')
+})
+
+t.test('key state sync on its own: every shared state applied once, an outage logged once and its end too', { skip: !hasRedis && 'no redis-server' }, async (t) => {
+  const server = await startRedis()
+  t.teardown(server.stop)
+  const redis = new Redis(server.url, { enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => 50 })
+  redis.on('error', () => {})
+  t.teardown(() => { redis.disconnect() })
+  await new Promise((resolve) => redis.once('ready', resolve))
+  const lines: string[] = []
+  const log = { info: (o: unknown, m?: string) => lines.push(`${m ?? String(o)} ${JSON.stringify(o)}`), warn: (o: unknown, m?: string) => lines.push(`${m ?? ''} ${JSON.stringify(o)}`) } as unknown as FastifyBaseLogger
+  const pool = new KeyPool(['a', 'b'])
+  const sync = new KeyStateSync(pool, redis, log)
+  const [a, b] = ['a', 'b'].map((k) => fingerprint(k)) as [string, string]
+  await redis.hset(KEY_STATE_HASH, a, JSON.stringify({ disabled: 'invalid_api_key', coolUntil: 0, at: Date.now() }))
+  await redis.hset(KEY_STATE_HASH, b, JSON.stringify({ disabled: null, coolUntil: Date.now() + 60_000, at: Date.now() }))
+  await sync.start(60_000)
+  t.strictSame(pool.describe().map((k) => k.state), ['invalid_api_key', 'cooling'], 'a revoked key and a resting one, from another replica')
+  t.equal(lines.filter((l) => l.includes('upstream key state changed')).length, 1, 'only a change of rotation is logged, not a rest')
+  await redis.hset(KEY_STATE_HASH, a, JSON.stringify({ disabled: null, coolUntil: 0, at: Date.now() + 1 }))
+  await sync.poll()
+  t.equal(pool.describe()[0]?.state, 'active')
+  t.match(lines.at(-1), /"state":"active"/, 'back in rotation, logged as active')
+  await server.stop()
+  await sleep(100)
+  await sync.poll()
+  await sync.poll()
+  t.equal(lines.filter((l) => l.includes('cannot be shared')).length, 1, 'an outage is logged once')
+  const ready = new Promise((resolve) => redis.once('ready', resolve))
+  await server.start()
+  await ready
+  await sync.poll()
+  t.ok(lines.some((l) => l.includes('shared through redis again')), 'and its end')
+  await sync.stop()
 })
