@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis'
+import type { ClientQuotas } from '../schemas/client-keys.js'
 
 /*
  * Quotas over UTC calendar windows (tokens per day and per month, requests per day), in memory or in
@@ -8,11 +9,7 @@ import type { Redis } from 'ioredis'
  */
 
 /** Quotas over UTC calendar windows; an absent field is no quota (0 allows nothing). */
-export interface Quotas {
-  tokensPerDay?: number | undefined
-  tokensPerMonth?: number | undefined
-  requestsPerDay?: number | undefined
-}
+export type Quotas = ClientQuotas
 export type QuotaName = keyof Quotas
 
 export interface QuotaGrant {

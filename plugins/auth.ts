@@ -141,7 +141,7 @@ const auth: FastifyPluginAsync<AuthOptions> = async (app, opts) => {
     // Unknown, disabled and expired client keys all fall through to the same 401 as a wrong proxy key.
     const entry = records !== undefined && candidate.startsWith(SECRET_PREFIX) ? records.lookup(candidate) : null
     if (entry !== null) {
-      request.oaiProxyClient = { id: entry.id, kind: 'client-key', limits: entry.limits, quota: { account: entry.id, quotas: entry.quotas } }
+      request.oaiProxyClient = { id: entry.id, kind: 'client-key', limits: entry.limits, quota: entry.quota }
       attachClientKey(request, entry)
       return
     }

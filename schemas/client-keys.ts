@@ -27,18 +27,10 @@ export const ClientKeyScopesSchema = Type.Object({
 export type ClientKeyScopes = Static<typeof ClientKeyScopesSchema>
 
 /** Limits one client has instead of the suite-wide ones (the rate limit and the token budget read them). */
-export interface ClientLimits {
-  requestsPerWindow?: number
-  tokensPerMinute?: number
-  maxConcurrent?: number
-}
+export type ClientLimits = Pick<ClientKeyLimits, 'requestsPerWindow' | 'tokensPerMinute' | 'maxConcurrent'>
 
 /** A client's quotas over UTC calendar windows (a day from 00:00 UTC, a month from the 1st). */
-export interface ClientQuotas {
-  tokensPerDay?: number
-  tokensPerMonth?: number
-  requestsPerDay?: number
-}
+export type ClientQuotas = Pick<ClientKeyLimits, 'tokensPerDay' | 'tokensPerMonth' | 'requestsPerDay'>
 
 /** Who is calling. `id` keys rate limits and logs; it never contains a secret. */
 export interface OaiProxyClient {

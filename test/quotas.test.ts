@@ -103,7 +103,7 @@ proxyTest(t, 'requests per day count every request of the key, metered or not; t
   t.notOk(JSON.stringify(body).includes(hashSecret(requests)), 'no hash in the usage answer')
 })
 
-proxyTest(t, 'tokens per month hold across days; the SDK raises RateLimitError once, without retrying', { listen: true, proxy: { keysFile: file } }, async (h, t) => {
+proxyTest(t, 'tokens per month: a request past the month is refused before upstream, and the SDK raises RateLimitError once, without retrying (days within a month: test/quota-store.test.ts)', { listen: true, proxy: { keysFile: file } }, async (h, t) => {
   const client = new OpenAI({ apiKey: monthly, baseURL: `${h.url}/v1`, maxRetries: 2 })
   await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hello' }], max_tokens: 100 })
   const before = h.upstream.requests.length

@@ -149,7 +149,7 @@ export function browserTokenVerifier (secrets: readonly string[], lookup: Record
       id: tokenClientId(entry.id, payload.sub),
       kind: 'browser-token',
       limits: entry.limits,
-      quota: { account: entry.id, quotas: entry.quotas }
+      quota: entry.quota
     }
     return { ok: true, client, entry: narrowed(entry, payload.scopes) }
   }

@@ -96,8 +96,8 @@ export interface ClientKeyEntry {
   expiresMs: number
   /** The key's own requests per window, tokens per minute and concurrency (replacing the suite's). */
   limits: ClientLimits
-  /** The key's quotas over UTC calendar windows; empty when it has none. */
-  quotas: ClientQuotas
+  /** The account this key's use is charged to (itself) and its quotas over UTC calendar windows (empty when none). */
+  quota: { account: string, quotas: ClientQuotas }
   /** Browser-token subjects revoked, with the instant (ms) up to which their tokens are refused; absent when none. */
   revokedSubjects?: ReadonlyMap<string, number>
 }
@@ -147,7 +147,8 @@ export function buildIndex (records: readonly ClientKeyRecord[], now: () => numb
       models: r.scopes.models ?? null,
       expiresMs: r.expires === undefined ? Number.POSITIVE_INFINITY : instant(r.expires),
       limits: pick(r.limits, ['requestsPerWindow', 'tokensPerMinute', 'maxConcurrent']),
-      quotas: pick(r.limits, ['tokensPerDay', 'tokensPerMonth', 'requestsPerDay']),
+      // Built once here: auth hands this object to every request of the key.
+      quota: { account: r.id, quotas: pick(r.limits, ['tokensPerDay', 'tokensPerMonth', 'requestsPerDay']) },
       ...(r.revokedSubjects === undefined ? {} : { revokedSubjects: new Map(Object.entries(r.revokedSubjects).map(([sub, at]) => [sub, instant(at)])) })
     }
     byHash.set(r.hash, entry)

@@ -29,7 +29,7 @@ function callerOf (request: FastifyRequest, opts: StatusRouteOptions): OaiProxyC
     if (v.ok) return v.client
   } else if (opts.records !== undefined && presented.startsWith(SECRET_PREFIX)) {
     const entry = opts.records.lookup(presented)
-    if (entry !== null) return { id: entry.id, kind: 'client-key', quota: { account: entry.id, quotas: entry.quotas } }
+    if (entry !== null) return { id: entry.id, kind: 'client-key', quota: entry.quota }
   } else {
     const id = opts.proxyKeys.idOf(presented)
     if (id !== null) return { id, kind: 'proxy-key' }
