@@ -12,7 +12,7 @@ import { onResponseClose } from '../lib/response-close.js'
 import { errorCode, judgeUpstreamError, readCapped } from '../lib/upstream-errors.js'
 import { typeboxValidator } from '../lib/validator.js'
 import { upstreamPath, type EndpointDefinition } from '../schemas/endpoints.js'
-import { analysisOf, decorateAnalysis, planFor, type RequestAnalysis } from '../lib/request-analysis.js'
+import { analysisOf, decorateAnalysis, planFor, releaseBody, type RequestAnalysis } from '../lib/request-analysis.js'
 import { upstreamBody } from '../lib/request-body.js'
 import { request as upstreamRequest } from '../lib/undici-core.js'
 import { StreamGuard, type StreamLimits } from '../lib/stream-guard.js'
@@ -120,6 +120,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
     }
     const path = basePath + upstreamPath(endpoint, request.params as Record<string, string>)
     const { body, contentType: bodyType } = requestBody(request, analysis)
+    releaseBody(request)
 
     // A client that goes away aborts the upstream call, before or after its headers arrive.
     const abort = new UpstreamAbort()
