@@ -65,3 +65,42 @@ export function upstreamBody (analysis: BodyState, raw: RawBody | null): Buffer 
   pieces.push(CLOSE)
   return Buffer.concat(pieces)
 }
+
+/** JSON bodies from this size on reach undici as a `WrittenOnce`. */
+export const WRITTEN_ONCE_BYTES = 64 * 1024
+
+/**
+ * A body undici lets go of once written. undici's request keeps a Buffer body until the answer ends
+ * (minutes, for a stream), so a large prompt would stay in memory that long; an async iterable it only
+ * reads. One per attempt: a retry on the next key gets a new one over the same bytes. Its length goes in
+ * `content-length` (`upstreamPayload`), so the body is sent as is, not chunked.
+ */
+export class WrittenOnce implements AsyncIterable<Buffer> {
+  #bytes: Buffer | null
+  readonly length: number
+
+  constructor (bytes: Buffer) {
+    this.#bytes = bytes
+    this.length = bytes.length
+  }
+
+  // A plain iterator, not a generator: a finished generator's frame could still hold the bytes.
+  [Symbol.asyncIterator] (): AsyncIterator<Buffer> {
+    return {
+      next: async (): Promise<IteratorResult<Buffer>> => {
+        const bytes = this.#bytes
+        this.#bytes = null
+        return bytes === null ? { done: true, value: undefined } : { done: false, value: bytes }
+      }
+    }
+  }
+}
+
+/** What one attempt hands undici: a large JSON body as a `WrittenOnce` (its length in `headers`), anything else as it is. */
+export function upstreamPayload<B> (body: B | Buffer | string, headers: Record<string, string>): B | Buffer | string | WrittenOnce {
+  if ((typeof body !== 'string' && !Buffer.isBuffer(body)) || body.length < WRITTEN_ONCE_BYTES / 4) return body
+  const bytes = typeof body === 'string' ? Buffer.from(body) : body
+  if (bytes.length < WRITTEN_ONCE_BYTES) return bytes
+  headers['content-length'] = String(bytes.length)
+  return new WrittenOnce(bytes)
+}

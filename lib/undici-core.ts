@@ -16,9 +16,15 @@ const require = createRequire(import.meta.url)
 
 export const Agent = require('undici/lib/dispatcher/agent.js') as typeof UndiciAgent
 
-const apiRequest = require('undici/lib/api/api-request.js') as (this: Dispatcher, opts: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>
+/**
+ * undici's options, with the async iterable body its runtime takes (docs/api/Dispatcher.md lists
+ * `Iterable | AsyncIterable` among the body types; its .d.ts leaves them out of `request`'s options).
+ */
+export type RequestOptions = Omit<Dispatcher.RequestOptions, 'body'> & { body?: Dispatcher.RequestOptions['body'] | AsyncIterable<Buffer> }
+
+const apiRequest = require('undici/lib/api/api-request.js') as (this: Dispatcher, opts: RequestOptions) => Promise<Dispatcher.ResponseData>
 
 /** `dispatcher.request(opts)`, whether or not undici's index was loaded in this process. */
-export function request (dispatcher: Dispatcher, opts: Dispatcher.RequestOptions): Promise<Dispatcher.ResponseData> {
+export function request (dispatcher: Dispatcher, opts: RequestOptions): Promise<Dispatcher.ResponseData> {
   return apiRequest.call(dispatcher, opts)
 }

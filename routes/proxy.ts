@@ -13,7 +13,7 @@ import { errorCode, judgeUpstreamError, readCapped } from '../lib/upstream-error
 import { typeboxValidator } from '../lib/validator.js'
 import { upstreamPath, type EndpointDefinition } from '../schemas/endpoints.js'
 import { analysisOf, decorateAnalysis, planFor, releaseBody, type RequestAnalysis } from '../lib/request-analysis.js'
-import { upstreamBody } from '../lib/request-body.js'
+import { upstreamBody, upstreamPayload } from '../lib/request-body.js'
 import { request as upstreamRequest } from '../lib/undici-core.js'
 import { StreamGuard, type StreamLimits } from '../lib/stream-guard.js'
 import { OUTPUT_WHOLE_LIMIT, OutputGuard, checkWholeAnswer, type OutputRules } from '../lib/output-guard.js'
@@ -143,7 +143,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
       let res
       metrics?.sent(request, reply)
       try {
-        res = await upstreamRequest(dispatcher, { origin, path, method: endpoint.method, headers, body, signal: abort })
+        res = await upstreamRequest(dispatcher, { origin, path, method: endpoint.method, headers, body: upstreamPayload(body, headers), signal: abort })
       } catch (err) {
         metrics?.upstreamDone(request, reply)
         // The upload itself failed on the way (a late field, a cap, the client left): that is the answer.

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { scanJson } from '../lib/json-scan.js'
 import { analyse } from '../lib/request-analysis.js'
-import { setField, upstreamBody } from '../lib/request-body.js'
+import { WRITTEN_ONCE_BYTES, WrittenOnce, setField, upstreamBody, upstreamPayload } from '../lib/request-body.js'
 import { endpoints } from '../schemas/endpoints.js'
 import { chatBody, proxyTest, type Harness } from './helper.js'
 
@@ -93,4 +93,34 @@ proxyTest(t, 'bad bytes and ambiguous bodies get a clear 400 and nothing goes up
   t.match(ambiguous.json(), { error: { code: 'invalid_json', message: /repeats a key/ } })
   t.equal(h.upstream.requests.length, 0)
   t.equal((await send(h, JSON.stringify(chatBody()))).statusCode, 200, 'the same harness still forwards good bodies')
+})
+
+t.test('upstreamPayload: a large body reaches undici as bytes it can let go of, once per attempt, with its length', async (t) => {
+  const headers: Record<string, string> = {}
+  const small = Buffer.from('{"model":"gpt-4o-mini"}')
+  t.equal(upstreamPayload(small, headers), small, 'a small body goes as it is')
+  t.equal(upstreamPayload(undefined, headers), undefined)
+  t.equal(upstreamPayload('{"a":1}', headers), '{"a":1}', 'a short re-serialised body too')
+  const mid = `{"a":"${'é'.repeat(20_000)}"}`
+  const midOut = upstreamPayload(mid, headers)
+  t.ok(Buffer.isBuffer(midOut) && midOut.equals(Buffer.from(mid)), 'a longer string under the size: its bytes')
+  t.strictSame(headers, {}, 'no length set for those: undici sets it')
+
+  const big = Buffer.alloc(WRITTEN_ONCE_BYTES, 0x61)
+  const once = upstreamPayload(big, headers)
+  t.ok(once instanceof WrittenOnce)
+  t.equal(headers['content-length'], String(WRITTEN_ONCE_BYTES))
+  const read = async (body: AsyncIterable<Buffer>) => {
+    const out: Buffer[] = []
+    for await (const chunk of body) out.push(chunk)
+    return out
+  }
+  const first = await read(once as WrittenOnce)
+  t.equal(first.length, 1)
+  t.equal(first[0], big, 'the very bytes, not a copy')
+  t.strictSame(await read(once as WrittenOnce), [], 'read once: nothing left to hold')
+  const h2: Record<string, string> = {}
+  const fromString = upstreamPayload(`"${'x'.repeat(WRITTEN_ONCE_BYTES)}"`, h2)
+  t.ok(fromString instanceof WrittenOnce, 'a large re-serialised body too')
+  t.equal(h2['content-length'], String(WRITTEN_ONCE_BYTES + 2))
 })
