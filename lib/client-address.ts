@@ -11,6 +11,20 @@ const V6_BRACKETS = /^\[([0-9A-Fa-f:.]+)\](?::\d{1,5})?$/
  * bucket. Anything that is still not an address shares one bucket rather than minting its own.
  */
 export function addressKey (ip: string): string {
-  const bare = V4_PORT.exec(ip)?.[1] ?? V6_BRACKETS.exec(ip)?.[1] ?? ip
-  return isIP(bare) === 0 ? 'unparsable' : normalizeIP(bare, 64)
+  let key = known.get(ip)
+  if (key === undefined) {
+    const bare = V4_PORT.exec(ip)?.[1] ?? V6_BRACKETS.exec(ip)?.[1] ?? ip
+    key = isIP(bare) === 0 ? 'unparsable' : normalizeIP(bare, 64)
+    // Bounded: addresses that rotate only refill it.
+    if (known.size >= KNOWN_MAX) known.clear()
+    known.set(ip, key)
+  }
+  return key
 }
+
+/*
+ * Keys already worked out: every request asks (the abuse guard's address check runs before auth), most from
+ * addresses seen before, and the IPv6 test behind normalizeIP is a long regex even for an IPv4 address.
+ */
+const KNOWN_MAX = 4096
+const known = new Map<string, string>()

@@ -7,7 +7,11 @@ export function goDuration (ms: number): string {
   if (total < 1000) return `${total}ms`
   const h = Math.floor(total / 3_600_000)
   const m = Math.floor((total % 3_600_000) / 60_000)
-  const s = ((total % 60_000) / 1000).toFixed(3).replace(/\.?0+$/, '')
+  // Integer arithmetic (milliseconds are whole): "5", "1.5", "0.025", never a float's rounding.
+  const rest = total % 60_000
+  const frac = rest % 1000
+  let s = String((rest - frac) / 1000)
+  if (frac > 0) s += `.${String(frac).padStart(3, '0').replace(/0+$/, '')}`
   if (h > 0) return `${h}h${m}m${s}s`
   if (m > 0) return `${m}m${s}s`
   return `${s}s`

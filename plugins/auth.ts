@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { createHash, timingSafeEqual } from 'node:crypto'
+import { hash, timingSafeEqual } from 'node:crypto'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../errors.js'
 import { fingerprint } from '../lib/key-pool.js'
@@ -43,7 +43,8 @@ declare module 'fastify' {
   }
 }
 
-const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
+// One-shot hashing: about half the cost of a createHash() object per request.
+const digest = (s: string): Buffer => hash('sha256', s, 'buffer')
 
 /** Compare `candidate` to every configured key in constant time: both sides are hashed to 32 bytes first. */
 export function matchKey (candidate: string, keyDigests: readonly Buffer[]): number {

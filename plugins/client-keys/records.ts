@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto'
+import { hash, randomBytes } from 'node:crypto'
 import { TypeCompiler, type ValueError } from '@sinclair/typebox/compiler'
 import type { FastifyRequest } from 'fastify'
 import { endpoints } from '../../schemas/endpoints.js'
@@ -19,7 +19,7 @@ export class KeysFileError extends Error {
   override name = 'KeysFileError'
 }
 
-export const hashSecret = (secret: string): string => createHash('sha256').update(secret).digest('hex')
+export const hashSecret = (secret: string): string => hash('sha256', secret, 'hex')
 
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567'
 
