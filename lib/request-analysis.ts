@@ -270,9 +270,9 @@ export function analysisOf (request: FastifyRequest): RequestAnalysis | null {
 
 /**
  * Let go of the client's body once the forwarder has built what goes upstream (it keeps that alone, for a
- * retry on the next key). An answer can stream for minutes: without this, each one in flight held its
- * prompt three times (the bytes, the parsed body, the analysis' strings; ~97 KB per stream for a 32 KB
- * prompt against ~33 KB after, test/request-release.test.ts). Nothing reads them after the forwarder.
+ * retry on the next key). An answer can stream for minutes, and each one in flight held its prompt in the
+ * bytes, the parsed body and the analysis' strings (docs/performance.md, "Large prompts in flight";
+ * test/request-release.test.ts). Every reader runs before the forwarder, which is the last.
  */
 export function releaseBody (request: FastifyRequest): void {
   request.oaiProxyRawBody = null
