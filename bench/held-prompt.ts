@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as pause } from 'node:timers/promises'
 import { startChild, type Child } from './children.js'
 import { ALL_FEATURES, LONG_STREAM_MODEL } from './features.js'
-import { sseBurst } from './load.js'
+import { chatBody, sseBurst } from './load.js'
 import { busiest, machine, showBusy } from './machine.js'
 import { fmt, markdown } from './stats.js'
 
@@ -44,8 +44,7 @@ async function main (): Promise<void> {
   process.stdout.write(`held-prompt: ${streams} streams, ${promptBytes} byte prompts; node ${m.node}, ${m.cpus} x ${m.cpuModel}, load ${m.loadAvg.join(' / ')}; busiest: ${showBusy(busy)}\n`)
   const fake = await startChild('fake', './fake-child.js', { BENCH_CHUNK_DELAY_MS: '100' })
   const key = `pk-bench-${randomBytes(16).toString('hex')}`
-  const shape = (content: string) => JSON.stringify({ model: LONG_STREAM_MODEL, stream: true, max_tokens: 12, messages: [{ role: 'user', content }] })
-  const body = Buffer.from(shape('lorem ipsum '.repeat(Math.ceil(promptBytes / 12)).slice(0, promptBytes - shape('').length)))
+  const body = chatBody(promptBytes, { model: LONG_STREAM_MODEL, stream: true, max_tokens: 12 })
   const rows: string[][] = [['target', 'heap + external per open stream', 'RSS per open stream', 'completed', 'answered before the measurement', 'handles open then']]
   try {
     for (const name of ['floor', 'defaults', 'all']) {

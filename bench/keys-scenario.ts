@@ -8,7 +8,7 @@ import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { buildIndex, hashSecret, newKeyId, newSecret } from '../plugins/client-keys/records.js'
 import type { ClientKeyRecord } from '../schemas/client-keys.js'
 import { startChild, type Child } from './children.js'
-import { newPool, newTally, runFor, type Target } from './load.js'
+import { chatBody, newPool, newTally, runFor, type Target } from './load.js'
 import { busiest, machine, showBusy } from './machine.js'
 import type { ProbeStats } from './probe.js'
 import { cpuMicros } from './sse-phase.js'
@@ -37,13 +37,6 @@ const RECORDS = 10_000
 const ORIGIN = 'https://app.example'
 
 const log = (msg: string): void => { process.stderr.write(`# ${msg}\n`) }
-
-/** A chat completion request of exactly `bytes` bytes (as bench/run.ts builds its 1 KB body). */
-function chatBody (bytes: number): Buffer {
-  const base = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: '' }] }).length
-  const content = 'Say hello to the benchmark. ' + 'lorem ipsum '.repeat(Math.ceil(bytes / 12))
-  return Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: content.slice(0, bytes - base) }] }))
-}
 
 /** 10,000 records; the measured one in the middle. Returns the records and the measured one's secret. */
 function records (): { list: ClientKeyRecord[], id: string, secret: string } {

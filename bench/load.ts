@@ -10,6 +10,17 @@ import { Pool } from 'undici'
 
 export const PATH = '/v1/chat/completions'
 
+/** A chat completion request of exactly `bytes` bytes (the prompt padded with lorem ipsum); `extra` fields beside the model. */
+export function chatBody (bytes: number, extra: Record<string, unknown> = {}): Buffer {
+  const base = JSON.stringify({ model: 'gpt-4o-mini', ...extra, messages: [{ role: 'user', content: '' }] }).length
+  const content = 'Say hello to the benchmark. ' + 'lorem ipsum '.repeat(Math.ceil(bytes / 12))
+  return Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', ...extra, messages: [{ role: 'user', content: content.slice(0, Math.max(1, bytes - base)) }] }))
+}
+
+// The fake echoes up to 200 characters, one frame per word: 100 one-letter words give 110 frames, so a
+// stream lasts at least 110 x the fake's chunk delay, and the streams of a burst overlap.
+export const STREAM_BODY = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'a '.repeat(100).trim() }] }))
+
 export interface Target {
   /** A label (floor, defaults, all, direct, or a scenario's own). */
   name: string

@@ -4,7 +4,7 @@ import { setTimeout as pause } from 'node:timers/promises'
 import { request } from 'undici'
 import { startChild, type Child } from './children.js'
 import { ALL_FEATURES } from './features.js'
-import { newPool, newTally, runFor, type Target } from './load.js'
+import { chatBody, newPool, newTally, runFor, type Target } from './load.js'
 import { busiest, machine, showBusy } from './machine.js'
 import type { ProbeStats } from './probe.js'
 import { cpuMicros } from './sse-phase.js'
@@ -30,12 +30,6 @@ const median = (xs: readonly number[]): number => {
   return s.length % 2 === 1 ? s[mid] as number : ((s[mid - 1] as number) + (s[mid] as number)) / 2
 }
 const log = (msg: string): void => { process.stderr.write(`# ${msg}\n`) }
-
-function chatBody (bytes: number): Buffer {
-  const base = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: '' }] }).length
-  const content = 'Say hello to the benchmark. ' + 'lorem ipsum '.repeat(Math.ceil(bytes / 12))
-  return Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: content.slice(0, bytes - base) }] }))
-}
 
 interface Side { name: 'off' | 'on', child: Child, target: Target, rps: number[], cpuPerReq: number[], ok: number, errors: number }
 

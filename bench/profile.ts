@@ -4,13 +4,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startChild } from './children.js'
 import { ALL_FEATURES } from './features.js'
-import { newPool, newTally, runFor, sseBurst, type Target } from './load.js'
+import { STREAM_BODY, chatBody, newPool, newTally, runFor, sseBurst, type Target } from './load.js'
 import { burstSummary } from './sse-phase.js'
 
 /*
- * `npm run bench:profile [floor|defaults|all] [bytes|sse] [seconds|bursts] [concurrency|streams]`: a CPU profile of the proxy
- * under one load, to find where the time goes before changing the request path. With `sse` the load is
- * the bench's stream phase: bursts of concurrent SSE streams (default 2 x 1000), one after the other. The proxy runs with `--cpu-prof`; this
+ * `npm run bench:profile [floor|defaults|all] [bytes] [seconds] [concurrency]` (default all 262144 6 16), or
+ * `npm run bench:profile [floor|defaults|all] sse [bursts] [streams]` (default 2 1000, the bench's stream
+ * phase): a CPU profile of the proxy under one load, to find where the time goes before changing the
+ * request path. The proxy runs with `--cpu-prof`; this
  * prints the functions with the most self time (and writes the .cpuprofile for Chrome DevTools).
  */
 
@@ -37,17 +38,26 @@ function top (profile: Profile, n: number): string[] {
     ...[...byName].sort((a, b) => b[1] - a[1]).slice(0, n).map(([name, us]) => `${(100 * us / busy).toFixed(1).padStart(5)}%  ${name}`)]
 }
 
+/** The load to profile under: bodies of `bytes` at a concurrency for some seconds, or bursts of SSE streams. */
+type Load = { kind: 'requests', bytes: number, seconds: number, concurrency: number } | { kind: 'sse', bursts: number, streams: number }
+
+function loadOf (args: readonly string[]): Load {
+  const [what = '262144', a, b] = args
+  if (what === 'sse') return { kind: 'sse', bursts: Number(a ?? 2), streams: Number(b ?? 1000) }
+  return { kind: 'requests', bytes: Number(what), seconds: Number(a ?? 6), concurrency: Number(b ?? 16) }
+}
+
 async function main (): Promise<void> {
-  const [mode = 'all', bytesArg = '262144', secondsArg = '6', concurrencyArg = '16'] = process.argv.slice(2)
+  const [mode = 'all', ...rest] = process.argv.slice(2)
   const fake = await startChild('fake', './fake-child.js', { BENCH_CHUNK_DELAY_MS: '25' })
   try {
-    await profileProxy(fake.url, mode, bytesArg, Number(secondsArg), Number(concurrencyArg))
+    await profileProxy(fake.url, mode, loadOf(rest))
   } finally {
     await fake.stop()
   }
 }
 
-async function profileProxy (upstreamUrl: string, mode: string, load: string, seconds: number, concurrency: number): Promise<void> {
+async function profileProxy (upstreamUrl: string, mode: string, load: Load): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'oai-proxy-prof-'))
   const key = `pk-bench-${randomBytes(16).toString('hex')}`
   const proxy = await startChild('proxy', mode === 'floor' ? './floor-child.js' : './proxy-child.js', {
@@ -56,27 +66,21 @@ async function profileProxy (upstreamUrl: string, mode: string, load: string, se
     BENCH_PROXY_OPTIONS: JSON.stringify(mode === 'all' ? ALL_FEATURES : {})
   }, 15_000, ['--cpu-prof', `--cpu-prof-dir=${dir}`])
   const headers = { 'content-type': 'application/json', authorization: `Bearer ${key}` }
-  if (load === 'sse') {
-    // the bench's stream body (bench/run.ts): ~110 frames per stream from the fake upstream
-    const body = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'a '.repeat(100).trim() }] }))
-    const bursts = Number.isInteger(seconds) && seconds > 0 ? seconds : 2
-    const streams = Number.isInteger(concurrency) && concurrency > 16 ? concurrency : 1000
+  if (load.kind === 'sse') {
     const lines: string[] = []
-    for (let i = 0; i < bursts; i++) lines.push(JSON.stringify(burstSummary(await sseBurst(proxy.url, headers, body, streams, 30_000))))
+    for (let i = 0; i < load.bursts; i++) lines.push(JSON.stringify(burstSummary(await sseBurst(proxy.url, headers, STREAM_BODY, load.streams, 30_000))))
     await proxy.stop()
-    process.stdout.write(`${mode}: ${bursts} bursts of ${streams} SSE streams\n${lines.join('\n')}\n`)
-    return printTop(dir)
+    process.stdout.write(`${mode}: ${load.bursts} bursts of ${load.streams} SSE streams\n${lines.join('\n')}\n`)
+  } else {
+    const body = chatBody(load.bytes)
+    const pool = newPool(proxy.url, load.concurrency)
+    const target: Target = { name: 'proxy', origin: proxy.url, headers, pool }
+    const tally = newTally()
+    await runFor(target, body, load.concurrency, load.seconds * 1000, tally)
+    await pool.destroy()
+    await proxy.stop()
+    process.stdout.write(`${mode}: ${body.length} byte bodies, c=${load.concurrency}, ${tally.ok} ok, errors ${JSON.stringify(tally.errors)}, ${(tally.ok / (tally.elapsedMs / 1000)).toFixed(0)} req/s\n`)
   }
-  const bytes = Number(load)
-  const base = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: '' }] }).length
-  const body = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'lorem ipsum '.repeat(Math.ceil(bytes / 12)).slice(0, Math.max(1, bytes - base)) }] }))
-  const pool = newPool(proxy.url, concurrency)
-  const target: Target = { name: 'proxy', origin: proxy.url, headers, pool }
-  const tally = newTally()
-  await runFor(target, body, concurrency, seconds * 1000, tally)
-  await pool.destroy()
-  await proxy.stop()
-  process.stdout.write(`${mode}: ${body.length} byte bodies, c=${concurrency}, ${tally.ok} ok, errors ${JSON.stringify(tally.errors)}, ${(tally.ok / (tally.elapsedMs / 1000)).toFixed(0)} req/s\n`)
   printTop(dir)
 }
 

@@ -6,7 +6,7 @@ import { startChild, type Child } from './children.js'
 import { ALL_FEATURES } from './features.js'
 import { filterTable, runFilterScenario } from './filter-scenario.js'
 import { limitsTable, runLimitsScenario } from './limits-scenario.js'
-import { newPool, newTally, runCount, runFor, sseBurst, type Tally } from './load.js'
+import { STREAM_BODY, chatBody, newPool, newTally, runCount, runFor, sseBurst, type Tally } from './load.js'
 import { busiest, machine, showBusy } from './machine.js'
 import { showTcp } from './netstat.js'
 import type { LoopDelay, ProbeStats } from './probe.js'
@@ -59,17 +59,8 @@ function selected (): ProxyName[] {
 
 const log = (msg: string): void => { process.stderr.write(`# ${msg}\n`) }
 
-/** A chat completion request of exactly `bytes` bytes (the prompt padded with lorem ipsum). */
-function chatBody (bytes: number, extra: Record<string, unknown> = {}): Buffer {
-  const base = JSON.stringify({ model: 'gpt-4o-mini', ...extra, messages: [{ role: 'user', content: '' }] }).length
-  const content = 'Say hello to the benchmark. ' + 'lorem ipsum '.repeat(Math.ceil(bytes / 12))
-  return Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', ...extra, messages: [{ role: 'user', content: content.slice(0, Math.max(1, bytes - base)) }] }))
-}
 const smallBody = chatBody(SMALL_BYTES)
 const bigBody = chatBody(BIG.bytes)
-// The fake echoes up to 200 characters, one frame per word: 100 one-letter words give 110 frames, so a
-// stream lasts at least 110 x CHUNK_DELAY_MS and the streams of the burst overlap.
-const streamBody = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'a '.repeat(100).trim() }] }))
 
 /** One target: where the load goes, and the child process to ask for RSS, CPU and loop delay (not for direct). */
 const rps = (t: Tally): number => t.ok / (t.elapsedMs / 1000)
@@ -140,7 +131,7 @@ async function main (): Promise<void> {
       const warm = newTally()
       await runFor(s.target, smallBody, 16, 1500, warm)
       await runFor(s.target, bigBody, 4, 500, warm)
-      const sse = await sseBurst(s.target.origin, s.target.headers, streamBody, 50, SSE.timeoutMs)
+      const sse = await sseBurst(s.target.origin, s.target.headers, STREAM_BODY, 50, SSE.timeoutMs)
       if (warm.ok === 0 || sse.results.every((r) => !r.done)) throw new Error(`warm-up of ${s.name}: nothing succeeded (${JSON.stringify(merge(warm.errors, burstSummary(sse).errors))}); ${s.child?.logs.samples.join(' | ') ?? ''}`)
     }
     const warmed = await statsOf('stats')
@@ -157,7 +148,7 @@ async function main (): Promise<void> {
     const bigEnd = await statsOf('stats')
 
     log(`3/${steps} ${SSE.streams} concurrent SSE streams, one target at a time, ${SSE.rounds} bursts per target`)
-    const sse = await ssePhase(sides, streamBody, SSE)
+    const sse = await ssePhase(sides, STREAM_BODY, SSE)
 
     log(`4/${steps} idle RSS ${SETTLE_MS} ms after the last phase`)
     await pause(SETTLE_MS)

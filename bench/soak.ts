@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { startChild, type Child } from './children.js'
 import { ALL_FEATURES, LONG_STREAM_MODEL } from './features.js'
-import { newPool, PATH } from './load.js'
+import { STREAM_BODY, newPool, PATH } from './load.js'
 import type { LoopDelay } from './probe.js'
 
 /*
@@ -37,8 +37,8 @@ async function soak (proxy: Child, key: string): Promise<void> {
   const pool = newPool(proxy.url, MAX_IN_FLIGHT, 30_000)
   const json = { 'content-type': 'application/json', authorization: `Bearer ${key}` }
   const small = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello there, how are you today?' }] }))
-  // The fake echoes a word per frame: 101 words, ~2.75 s at 25 ms a frame (as the bench's streams).
-  const stream = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'a '.repeat(100).trim() }] }))
+  // As the bench's streams: ~2.75 s at 25 ms a frame.
+  const stream = STREAM_BODY
   const big = Buffer.from(JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'lorem ipsum '.repeat(21_800) }] }))
   const outcomes = new Map<string, number>()
   const note = (what: string): void => { outcomes.set(what, (outcomes.get(what) ?? 0) + 1) }

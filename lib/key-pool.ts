@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { parseGoDuration } from './durations.js'
-import { firstHeader as first } from './headers.js'
+import { firstHeader } from './headers.js'
 
 export type KeyDisableReason = 'invalid_api_key' | 'insufficient_quota'
 
@@ -117,18 +117,18 @@ export class KeyPool {
    * nothing left rests until its window resets, before a request fails on it.
    */
   observe (id: string, headers: Headers): void {
-    const remaining = first(headers['x-ratelimit-remaining-requests'])
+    const remaining = firstHeader(headers['x-ratelimit-remaining-requests'])
     if (remaining === undefined) return
     const k = this.#byId.get(id)
     if (k === undefined) return
     const ratio = (kind: string): number => {
-      const left = Number(first(headers[`x-ratelimit-remaining-${kind}`]))
-      const limit = Number(first(headers[`x-ratelimit-limit-${kind}`]))
+      const left = Number(firstHeader(headers[`x-ratelimit-remaining-${kind}`]))
+      const limit = Number(firstHeader(headers[`x-ratelimit-limit-${kind}`]))
       return Number.isFinite(left) && limit > 0 ? Math.max(0, left / limit) : 1
     }
     k.headroom = Math.min(ratio('requests'), ratio('tokens'))
     if (k.headroom > 0) return
-    const reset = Math.max(parseGoDuration(first(headers['x-ratelimit-reset-requests'])), parseGoDuration(first(headers['x-ratelimit-reset-tokens'])))
+    const reset = Math.max(parseGoDuration(firstHeader(headers['x-ratelimit-reset-requests'])), parseGoDuration(firstHeader(headers['x-ratelimit-reset-tokens'])))
     this.coolDown(id, Math.min(Math.max(reset, 1000), 60_000))
   }
 

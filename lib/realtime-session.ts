@@ -6,6 +6,7 @@ import type { RealtimeFilter } from './realtime-filter.js'
 import { checkSettings, refusal, type Refusal } from './realtime-policy.js'
 import type { Verdict } from './realtime-relay.js'
 import type { RequestPolicyConfig } from '../schemas/request-policy.js'
+import type { ClientQuota } from '../schemas/client-keys.js'
 
 /*
  * What one Realtime session does with each message (the relay's `fromClient` and `fromUpstream`): client
@@ -50,7 +51,7 @@ export interface SessionEventsOptions {
   store: Pick<LimitStore, 'reserveTokens' | 'reserveQuota' | 'quotaUsage'>
   client: string
   /** The account the session's tokens are charged to and its quotas (a client key's record); absent: not metered. */
-  quota?: { account: string, quotas: Quotas } | undefined
+  quota?: ClientQuota | undefined
   log: FastifyBaseLogger
 }
 
@@ -102,7 +103,7 @@ export class SessionEvents {
    * The account's day and month: tokens already used are recorded whatever the quota (a charge of no
    * request); once a token quota is used up, responses are refused until it resets, as at the handshake.
    */
-  #chargeQuota (quota: { account: string, quotas: Quotas }, usage: number): void {
+  #chargeQuota (quota: ClientQuota, usage: number): void {
     const o = this.#opts
     const now = Date.now()
     o.store.reserveQuota(quota.account, usage, {}, now, 0)

@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream'
 import type { JsonScan } from './json-scan.js'
 
 /*
@@ -96,8 +97,14 @@ export class WrittenOnce implements AsyncIterable<Buffer> {
   }
 }
 
-/** What one attempt hands undici: a large JSON body as a `WrittenOnce` (its length in `headers`), anything else as it is. */
-export function upstreamPayload<B> (body: B | Buffer | string, headers: Record<string, string>): B | Buffer | string | WrittenOnce {
+/** What goes upstream: JSON bytes or text, an upload's stream, or nothing. */
+export type UpstreamBody = Buffer | string | Readable | undefined
+
+/**
+ * What one attempt hands undici: a large JSON body as a `WrittenOnce` (its length set in `headers`), anything
+ * else as it is. A string under a quarter of the size cannot reach it in UTF-8 (3 bytes a unit at most).
+ */
+export function upstreamPayload (body: UpstreamBody, headers: Record<string, string>): UpstreamBody | WrittenOnce {
   if ((typeof body !== 'string' && !Buffer.isBuffer(body)) || body.length < WRITTEN_ONCE_BYTES / 4) return body
   const bytes = typeof body === 'string' ? Buffer.from(body) : body
   if (bytes.length < WRITTEN_ONCE_BYTES) return bytes

@@ -7,7 +7,7 @@ import { estimatePrompt, outputCap } from '../lib/token-estimate.js'
 import { limitKey } from './rate-limit.js'
 import { analysisOf, decorateAnalysis, type RequestAnalysis } from '../lib/request-analysis.js'
 import type { QuotaGrant, QuotaName, TokenGrant } from '../lib/limit-store.js'
-import type { OaiProxyClient } from './auth.js'
+import type { ClientQuota } from '../schemas/client-keys.js'
 import { setField } from '../lib/request-body.js'
 
 export interface TokenBudgetOptions {
@@ -107,7 +107,7 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
   }
 
   /** Quotas over calendar windows: all or nothing, and a used-up quota is not worth retrying before it resets. */
-  async function admitQuota (request: FastifyRequest, quota: NonNullable<OaiProxyClient['quota']>, requested: number): Promise<QuotaGrant> {
+  async function admitQuota (request: FastifyRequest, quota: ClientQuota, requested: number): Promise<QuotaGrant> {
     const now = Date.now()
     const grant = await store.reserveQuota(quota.account, requested, quota.quotas, now)
     const refused = grant.refused

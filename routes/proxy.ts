@@ -13,7 +13,7 @@ import { errorCode, judgeUpstreamError, readCapped } from '../lib/upstream-error
 import { typeboxValidator } from '../lib/validator.js'
 import { upstreamPath, type EndpointDefinition } from '../schemas/endpoints.js'
 import { analysisOf, decorateAnalysis, planFor, releaseBody, type RequestAnalysis } from '../lib/request-analysis.js'
-import { upstreamBody, upstreamPayload } from '../lib/request-body.js'
+import { upstreamBody, upstreamPayload, type UpstreamBody } from '../lib/request-body.js'
 import { request as upstreamRequest } from '../lib/undici-core.js'
 import { StreamGuard, type StreamLimits } from '../lib/stream-guard.js'
 import { OUTPUT_WHOLE_LIMIT, OutputGuard, checkWholeAnswer, type OutputRules } from '../lib/output-guard.js'
@@ -87,7 +87,7 @@ const CONNECT_FAILURE = /^(ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNR
  * What goes upstream, and its content type: the checked JSON (the client's bytes where they mean exactly
  * that, lib/request-body.ts), or an upload rebuilt behind its checked fields, streaming the rest as it comes.
  */
-function requestBody (request: FastifyRequest, analysis: RequestAnalysis): { body: Buffer | string | Readable | undefined, contentType: string | undefined } {
+function requestBody (request: FastifyRequest, analysis: RequestAnalysis): { body: UpstreamBody, contentType: string | undefined } {
   const endpoint = analysis.endpoint
   if (endpoint.method !== 'POST') return { body: undefined, contentType: undefined }
   if (endpoint.form === undefined) return { body: upstreamBody(analysis, request.oaiProxyRawBody), contentType: 'application/json' }

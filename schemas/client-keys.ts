@@ -26,11 +26,19 @@ export const ClientKeyScopesSchema = Type.Object({
 }, { additionalProperties: false })
 export type ClientKeyScopes = Static<typeof ClientKeyScopesSchema>
 
-/** Limits one client has instead of the suite-wide ones (the rate limit and the token budget read them). */
-export type ClientLimits = Pick<ClientKeyLimits, 'requestsPerWindow' | 'tokensPerMinute' | 'maxConcurrent'>
+/** The record's limit fields that replace the suite-wide limits for one client (the rate limit and the token budget read them). */
+export const CLIENT_LIMIT_FIELDS = ['requestsPerWindow', 'tokensPerMinute', 'maxConcurrent'] as const
+export type ClientLimits = Pick<ClientKeyLimits, typeof CLIENT_LIMIT_FIELDS[number]>
 
-/** A client's quotas over UTC calendar windows (a day from 00:00 UTC, a month from the 1st). */
-export type ClientQuotas = Pick<ClientKeyLimits, 'tokensPerDay' | 'tokensPerMonth' | 'requestsPerDay'>
+/** The record's quota fields, over UTC calendar windows (a day from 00:00 UTC, a month from the 1st). */
+export const CLIENT_QUOTA_FIELDS = ['tokensPerDay', 'tokensPerMonth', 'requestsPerDay'] as const
+export type ClientQuotas = Pick<ClientKeyLimits, typeof CLIENT_QUOTA_FIELDS[number]>
+
+/** The account a client's use is charged to, and that account's quotas. */
+export interface ClientQuota {
+  account: string
+  quotas: ClientQuotas
+}
 
 /** Who is calling. `id` keys rate limits and logs; it never contains a secret. */
 export interface OaiProxyClient {
@@ -40,7 +48,7 @@ export interface OaiProxyClient {
   /** This client's own limits, replacing the suite's where set (a client key's record; 0 turns one off for it). */
   limits?: ClientLimits
   /** The account its use is charged to and that account's quotas (a client key's record; several clients may share one). */
-  quota?: { account: string, quotas: ClientQuotas }
+  quota?: ClientQuota
 }
 
 /** Per-key limits (replacing the suite's for that key) and quotas; 0 turns a limit off for the key, a quota of 0 allows nothing. */

@@ -44,6 +44,7 @@ t.test('the pool: enable, headroom, rests, shared states', async (t) => {
   left('r', 8)
   t.strictSame([bands.acquire()?.key, bands.acquire()?.key], ['q', 'r'], '10% and 8% are one band: least recently used')
   bands.coolDown('key_unknown', 1000)
+  t.strictSame(bands.describe().map((k) => k.state), ['active', 'active', 'active'], 'a rest for a key the pool does not hold changes nothing')
   pool.observe(c, { 'x-ratelimit-remaining-requests': 'x', 'x-ratelimit-limit-requests': '0' })
   pool.observe('key_unknown', { 'x-ratelimit-remaining-requests': '0' })
   pool.observe(b, {})

@@ -2,7 +2,7 @@ import { hash, randomBytes } from 'node:crypto'
 import { TypeCompiler, type ValueError } from '@sinclair/typebox/compiler'
 import type { FastifyRequest } from 'fastify'
 import { endpoints } from '../../schemas/endpoints.js'
-import { ClientKeyRecordSchema, REALTIME_SCOPE, SECRET_PATTERN, type ClientKeyRecord, type ClientLimits, type ClientQuotas } from '../../schemas/client-keys.js'
+import { CLIENT_LIMIT_FIELDS, CLIENT_QUOTA_FIELDS, ClientKeyRecordSchema, REALTIME_SCOPE, SECRET_PATTERN, type ClientKeyRecord, type ClientLimits, type ClientQuota } from '../../schemas/client-keys.js'
 
 /*
  * Client key records: the file format (JSON Lines), the in-memory index auth reads, and the secrets.
@@ -97,7 +97,7 @@ export interface ClientKeyEntry {
   /** The key's own requests per window, tokens per minute and concurrency (replacing the suite's). */
   limits: ClientLimits
   /** The account this key's use is charged to (itself) and its quotas over UTC calendar windows (empty when none). */
-  quota: { account: string, quotas: ClientQuotas }
+  quota: ClientQuota
   /** Browser-token subjects revoked, with the instant (ms) up to which their tokens are refused; absent when none. */
   revokedSubjects?: ReadonlyMap<string, number>
 }
@@ -114,6 +114,16 @@ export interface ClientKeyIndex extends ClientKeyLookup {
   byId: (id: string) => ClientKeyEntry | null
 }
 
+/** The named fields the record sets, and only those. */
+function pick<K extends string> (limits: ClientKeyRecord['limits'], names: readonly K[]): Partial<Record<K, number>> {
+  const out: Partial<Record<K, number>> = {}
+  for (const name of names) {
+    const v = (limits as Partial<Record<K, number>> | undefined)?.[name]
+    if (v !== undefined) out[name] = v
+  }
+  return out
+}
+
 /**
  * The lookup index: a Map from SHA-256 hex to entry, built once per load and then only read, so a reload
  * swaps one reference and a request never sees half an index.
@@ -125,15 +135,6 @@ export interface ClientKeyIndex extends ClientKeyLookup {
  * a preimage attack), and the secret behind it has 256 random bits. Disabled keys are left out of the map,
  * so they take the same path as unknown ones.
  */
-/** The named fields the record sets, and only those. */
-function pick<K extends string> (limits: ClientKeyRecord['limits'], names: readonly K[]): Partial<Record<K, number>> {
-  const out: Partial<Record<K, number>> = {}
-  for (const name of names) {
-    const v = (limits as Partial<Record<K, number>> | undefined)?.[name]
-    if (v !== undefined) out[name] = v
-  }
-  return out
-}
 
 export function buildIndex (records: readonly ClientKeyRecord[], now: () => number = Date.now): ClientKeyIndex {
   const byHash = new Map<string, ClientKeyEntry>()
@@ -146,9 +147,9 @@ export function buildIndex (records: readonly ClientKeyRecord[], now: () => numb
       endpoints: r.scopes.endpoints === undefined ? null : new Set(r.scopes.endpoints),
       models: r.scopes.models ?? null,
       expiresMs: r.expires === undefined ? Number.POSITIVE_INFINITY : instant(r.expires),
-      limits: pick(r.limits, ['requestsPerWindow', 'tokensPerMinute', 'maxConcurrent']),
+      limits: pick(r.limits, CLIENT_LIMIT_FIELDS),
       // Built once here: auth hands this object to every request of the key.
-      quota: { account: r.id, quotas: pick(r.limits, ['tokensPerDay', 'tokensPerMonth', 'requestsPerDay']) },
+      quota: { account: r.id, quotas: pick(r.limits, CLIENT_QUOTA_FIELDS) },
       ...(r.revokedSubjects === undefined ? {} : { revokedSubjects: new Map(Object.entries(r.revokedSubjects).map(([sub, at]) => [sub, instant(at)])) })
     }
     byHash.set(r.hash, entry)
