@@ -326,6 +326,16 @@ t.test('long text is sampled, and the sample scales with the length', async (t) 
   t.ok(Math.abs(sixtyFour / (64 * one) - 1) < 0.05, `64 blocks: ${sixtyFour}, one block: ${one}`)
 })
 
+t.test('ASCII text: its length stands in for the UTF-8 length, with the same estimate', async (t) => {
+  for (const s of [...english, 'lorem ipsum '.repeat(3000), chars(lower + digits + punct, 40_000)]) {
+    t.strictSame(estimateTextTokens(s, true), estimateTextTokens(s), `${s.length} units`)
+  }
+  const row = endpoints.find((e) => e.id === 'chat.completions') as (typeof endpoints)[number]
+  const analysis = analyse(row, { messages: [{ role: 'user', content: 'é'.repeat(20_000) }, { role: 'user', content: 'naïve' }] })
+  t.equal(analysis.asciiText, false, 'analyse() alone never claims ASCII: only the raw bytes tell (analysisOf)')
+  t.strictSame(estimatePrompt(analysis), 2 * PER_MESSAGE + estimateTextTokens('é'.repeat(20_000)) + estimateTextTokens('user\nuser\nnaïve'))
+})
+
 t.test('estimatePrompt: message framing, binary payloads at a flat cost, token ids one each', async (t) => {
   const row = (id: string) => endpoints.find((e) => e.id === id) as (typeof endpoints)[number]
   const estimate = (id: string, body: unknown) => estimatePrompt(analyse(row(id), body))
