@@ -124,3 +124,31 @@ t.test('upstreamPayload: a large body reaches undici as bytes it can let go of, 
   t.ok(fromString instanceof WrittenOnce, 'a large re-serialised body too')
   t.equal(h2['content-length'], String(WRITTEN_ONCE_BYTES + 2))
 })
+
+t.test('a large spliced body stays in pieces: the prompt as a view of the client bytes, the small members between joined', async (t) => {
+  const prompt = 'lorem ipsum '.repeat(Math.ceil(WRITTEN_ONCE_BYTES / 12))
+  const text = `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"${prompt}"}],"max_tokens":9000,"user":"u1"}`
+  const raw = { bytes: Buffer.from(text), scan: scanOf(text) }
+  const a = analyse(chat, JSON.parse(text))
+  setField(a, 'max_tokens', 100)
+  const spliced = upstreamBody(a, raw)
+  t.notOk(Buffer.isBuffer(spliced) || typeof spliced === 'string', 'not copied into one buffer')
+  const headers: Record<string, string> = {}
+  const once = upstreamPayload(spliced, headers)
+  t.ok(once instanceof WrittenOnce)
+  const pieces: Buffer[] = []
+  for await (const piece of once as WrittenOnce) pieces.push(piece)
+  const sent = Buffer.concat(pieces)
+  t.equal(headers['content-length'], String(sent.length), 'its length is declared')
+  t.strictSame(JSON.parse(sent.toString()), { ...JSON.parse(text), max_tokens: 100 }, 'the same value as one spliced buffer would carry')
+  t.equal(pieces.length, 3, '`{"model":…,`, the messages member, `,"user":…,"max_tokens":100}`')
+  t.equal(pieces[1]?.buffer, raw.bytes.buffer, 'the large member is the client\'s own bytes, not a copy')
+  const again: Buffer[] = []
+  for await (const piece of upstreamPayload(spliced, {}) as WrittenOnce) again.push(piece)
+  t.ok(Buffer.concat(again).equals(sent), 'a retry on the next key sends the same bytes again')
+
+  const short = '{"model":"m","messages":[],"max_tokens":9}'
+  const small = analyse(chat, JSON.parse(short))
+  setField(small, 'max_tokens', 5)
+  t.ok(Buffer.isBuffer(upstreamBody(small, { bytes: Buffer.from(short), scan: scanOf(short) })), 'a small spliced body is one buffer')
+})
