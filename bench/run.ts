@@ -43,9 +43,10 @@ const BIG = { concurrency: 16, rounds: 3, ms: 2000, bytes: 256 * 1024 }
 const SSE = { streams: envInt('BENCH_SSE_STREAMS', 1000), rounds: envInt('BENCH_SSE_ROUNDS', 2), timeoutMs: 30_000 }
 const SETTLE_MS = 2000
 // V8's memory reducer gives back what start-up or a load left (the young generation grown to its cap,
-// emptied pages) once a process has been quiet for ~8 s (its start delay; one run: all 92.7 -> 77.4 MiB
-// between 6 and 10 s after start). An idle proxy in production is one that has been quiet that long.
-const REST_MS = envInt('BENCH_REST_MS', 12_000)
+// emptied pages) once a process has been quiet: its timer fires 8 s after the last full collection and
+// collects if the allocation rate is low, else waits another 8 s (`all` alone dropped from 90-92 to 75-77
+// MiB 8 s after start in one run, 16 s in another). An idle proxy in production has been quiet that long.
+const REST_MS = envInt('BENCH_REST_MS', 20_000)
 const EXTRA = process.env.BENCH_EXTRA === '1'
 
 const PROXIES = ['floor', 'defaults', 'all'] as const
