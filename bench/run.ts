@@ -39,8 +39,9 @@ const SMALL_BYTES = 1024
 const LATENCY = { rounds: 4, perRound: 400 }
 const RPS = { concurrency: 64, rounds: 3, ms: 2000 }
 const BIG = { concurrency: 16, rounds: 3, ms: 2000, bytes: 256 * 1024 }
-// Two bursts per target (the order reversed for the second): one burst's TTFB tail is noisy on 2 cores.
-const SSE = { streams: envInt('BENCH_SSE_STREAMS', 1000), rounds: envInt('BENCH_SSE_ROUNDS', 2), timeoutMs: 30_000 }
+// Four bursts per target, in a balanced order (sse-phase.ts, burstOrder): one burst's TTFB tail is noisy
+// on 2 cores and depends on which burst ran just before it.
+const SSE = { streams: envInt('BENCH_SSE_STREAMS', 1000), rounds: envInt('BENCH_SSE_ROUNDS', 4), timeoutMs: 30_000 }
 const SETTLE_MS = 2000
 // V8's memory reducer gives back what start-up or a load left (the young generation grown to its cap,
 // emptied pages) once a process has been quiet: its timer fires 8 s after the last full collection and
@@ -216,6 +217,7 @@ async function main (): Promise<void> {
       ['   peak open at once, per burst', ...col((s) => get(sse, s.name).peakOpenPerBurst.join(' / '))],
       ['   TTFB p50 / p99 ms', ...col((s) => pair(get(sse, s.name).ttfbP50, get(sse, s.name).ttfbP99))],
       ['   TTFB p99 vs direct', ...col((s) => ratio(get(sse, s.name).ttfbP99, directSse.ttfbP99))],
+      ['   TTFB p99 ms, per burst', ...col((s) => get(sse, s.name).ttfbP99PerBurst.map(fmt).join(' / '))],
       ['   stream duration p50 / p99 ms', ...col((s) => pair(get(sse, s.name).durationP50, get(sse, s.name).durationP99))],
       ['   burst wall time ms, per burst', ...col((s) => get(sse, s.name).wallMsPerBurst.map(fmt).join(' / '))],
       ['   TCP listen overflows / SYN retries', ...col((s) => showTcp(get(sse, s.name).tcp))],

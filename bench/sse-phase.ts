@@ -46,14 +46,27 @@ export function burstSummary (b: Burst) {
 }
 
 /**
- * `opts.rounds` bursts of `opts.streams` streams per side (the order reversed every other round). The bursts
- * of a side are pooled: TTFB and duration percentiles over all their streams; memory from the burst with
- * the most bytes per open stream (a later burst reuses memory an earlier one grew).
+ * The order of the sides in round `r`: a Williams design (first row 0, 1, n-1, 2, n-2, …, each next row
+ * one more, mod n). With an even n and n rounds every side bursts once in every position and right after
+ * every other side once. A burst's TTFB tail depends on what ran just before it (docs/performance.md: the
+ * same proxy measured 0.8-1.4 s at p99 after its own burst and 3.8-4.4 s right after another's), so a fixed
+ * or merely reversed order would favour whichever target it happens to place well.
+ */
+export function burstOrder (n: number, r: number): number[] {
+  const first = Array.from({ length: n }, (_, i) => i % 2 === 1 ? (i + 1) / 2 : (n - i / 2) % n)
+  return first.map((x) => (x + r) % n)
+}
+
+/**
+ * `opts.rounds` bursts of `opts.streams` streams per side, in the order of `burstOrder`. The bursts of a
+ * side are pooled: TTFB and duration percentiles over all their streams (and each burst's TTFB p99 beside
+ * them); memory from the burst with the most bytes per open stream (a later burst reuses memory an earlier
+ * one grew).
  */
 export async function ssePhase (sides: readonly Side[], body: Buffer, opts: SseOptions) {
   const bursts = new Map(sides.map((s) => [s.name, { bursts: [] as Burst[], tcp: [] as TcpCounters[], mem: [] as Mem[] }]))
   for (let r = 0; r < opts.rounds; r++) {
-    for (const s of r % 2 === 0 ? sides : [...sides].reverse()) {
+    for (const s of burstOrder(sides.length, r).map((i) => sides[i] as Side)) {
       const acc = bursts.get(s.name) as { bursts: Burst[], tcp: TcpCounters[], mem: Mem[] }
       await pause(1000)
       // A full GC first, so that the heap grown by the earlier phases (256 KB bodies) is not what the
@@ -78,6 +91,7 @@ export async function ssePhase (sides: readonly Side[], body: Buffer, opts: SseO
     return [name, {
       ...pooled,
       peakOpenPerBurst: acc.bursts.map((b) => b.peakOpen),
+      ttfbP99PerBurst: acc.bursts.map((b) => burstSummary(b).ttfbP99),
       wallMsPerBurst: acc.bursts.map((b) => round(b.wallMs)),
       tcp,
       ...(mem === undefined
