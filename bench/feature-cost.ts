@@ -1,0 +1,74 @@
+import { randomBytes } from 'node:crypto'
+import { startChild, type Child } from './children.js'
+import { ALL_FEATURES } from './features.js'
+import { chatBody, newPool, newTally, runFor, type Target } from './load.js'
+import { machine } from './machine.js'
+import type { ProbeStats } from './probe.js'
+import { cpuMicros } from './sse-phase.js'
+import { fmt, markdown, signed, sumErrors } from './stats.js'
+
+/*
+ * `npm run bench:features [rounds=5] [ms=2000]`: what each feature of the every-feature-on target costs on
+ * its own. Default options, then default options plus one feature at a time, then all of them, each in a
+ * proxy child of its own against the same fake upstream; 1 KB chat completions at c=64, the targets taking
+ * turns in rounds (the order rotating each round). Reports the proxy's CPU per request, median over rounds,
+ * and its difference from defaults: where the every-feature-on target's extra cost comes from.
+ */
+
+const { rateLimit, filter, policy, outputFilter } = ALL_FEATURES
+const CONFIGS: Record<string, object> = {
+  defaults: {},
+  'requests per window': { rateLimit: { requestsPerWindow: rateLimit.requestsPerWindow } },
+  'failed-auth limit': { rateLimit: { failuresPerMinute: rateLimit.failuresPerMinute } },
+  'tokens per minute': { rateLimit: { tokensPerMinute: rateLimit.tokensPerMinute } },
+  concurrency: { rateLimit: { maxConcurrent: rateLimit.maxConcurrent } },
+  '50 filter rules': { filter: { phrases: filter.phrases, patterns: filter.patterns } },
+  'CJK script rule': { filter: { scripts: filter.scripts } },
+  'model allowlist + output cap': { policy },
+  'output guardrail': { outputFilter },
+  all: ALL_FEATURES
+}
+
+const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN
+
+async function main (): Promise<void> {
+  const rounds = Number(process.argv[2] ?? 5)
+  const ms = Number(process.argv[3] ?? 2000)
+  const m = machine()
+  process.stdout.write(`feature cost, c=64 1 KB, ${rounds} rounds x ${ms} ms; node ${m.node}, ${m.cpus} x ${m.cpuModel}, load ${m.loadAvg.join(' / ')}\n`)
+  const fake = await startChild('fake', './fake-child.js', { BENCH_CHUNK_DELAY_MS: '25' })
+  const key = `pk-bench-${randomBytes(16).toString('hex')}`
+  const sides: Array<{ name: string, child: Child, target: Target, cpu: number[], errors: number }> = []
+  try {
+    for (const [name, opts] of Object.entries(CONFIGS)) {
+      const child = await startChild(name, './proxy-child.js', { BENCH_UPSTREAM_URL: fake.url, BENCH_PROXY_KEY: key, BENCH_PROXY_OPTIONS: JSON.stringify(opts) })
+      sides.push({ name, child, target: { name, origin: child.url, headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, pool: newPool(child.url, 64) }, cpu: [], errors: 0 })
+    }
+    const body = chatBody(1024)
+    for (const s of sides) await runFor(s.target, body, 16, 1500, newTally())
+    for (let r = 0; r < rounds; r++) {
+      for (let i = 0; i < sides.length; i++) {
+        const s = sides[(i + r) % sides.length] as (typeof sides)[number]
+        const before = await s.child.call<ProbeStats>('stats')
+        const tally = newTally()
+        await runFor(s.target, body, 64, ms, tally)
+        s.cpu.push(cpuMicros(before.cpu, (await s.child.call<ProbeStats>('stats')).cpu) / Math.max(1, tally.ok))
+        s.errors += sumErrors(tally.errors)
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+    }
+    const base = median(sides[0]?.cpu ?? [])
+    process.stdout.write('\n' + markdown([
+      ['configuration', 'CPU µs/req (median)', 'vs defaults', 'per round', 'errors'],
+      ...sides.map((s) => [s.name, fmt(median(s.cpu)), s.name === 'defaults' ? '-' : signed(median(s.cpu) - base), s.cpu.map(fmt).join(' '), String(s.errors)])
+    ]) + '\n')
+  } finally {
+    for (const s of sides) {
+      await s.target.pool.destroy()
+      await s.child.stop()
+    }
+    await fake.stop()
+  }
+}
+
+await main()
