@@ -67,16 +67,16 @@ const USAGE = Buffer.from('"usage"')
  */
 export class UsageReader implements ChunkFilter {
   readonly #opts: UsageTapOptions
-  // SSE only: a JSON body is read from its tail, as bytes.
-  readonly #decoder: StringDecoder | null
-  readonly #frames = new FrameSplitter()
+  // SSE only (a JSON body is read from its tail, as bytes), and made on the first chunk that has to be read:
+  // most of a stream passes untouched, and a stream in flight need not carry them.
+  #decoder: StringDecoder | null = null
+  #frames: FrameSplitter | null = null
   #tail = Buffer.alloc(0)
   /** Nothing is held from earlier chunks: the last one ended on a frame boundary, all of it passed on. */
   #clean = true
 
   constructor (opts: UsageTapOptions) {
     this.#opts = opts
-    this.#decoder = opts.mode === 'sse' ? new StringDecoder('utf8') : null
   }
 
   /** What may be passed on: `chunk` itself when it holds only whole frames none of which mentions usage. */
@@ -89,11 +89,12 @@ export class UsageReader implements ChunkFilter {
     const whole = endsFrame(chunk)
     if (this.#clean && whole && chunk.indexOf(USAGE) === -1) return chunk
     let out = ''
-    this.#frames.push((this.#decoder as StringDecoder).write(chunk), (frame) => {
+    const frames = (this.#frames ??= new FrameSplitter())
+    frames.push((this.#decoder ??= new StringDecoder('utf8')).write(chunk), (frame) => {
       out += this.#frame(frame)
       return true
     })
-    this.#clean = whole && this.#frames.held === 0
+    this.#clean = whole && frames.held === 0
     return out
   }
 
@@ -103,6 +104,8 @@ export class UsageReader implements ChunkFilter {
       if (total !== null) this.#opts.onUsage(total)
       return ''
     }
+    // Never made: every chunk was whole frames passed on untouched, so nothing is held.
+    if (this.#frames === null) return ''
     const rest = this.#frames.end() + (this.#decoder as StringDecoder).end()
     return rest.length > 0 ? this.#frame(rest) : ''
   }

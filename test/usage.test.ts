@@ -29,6 +29,13 @@ t.test('SSE: usage is read from the usage chunk, split anywhere, and the chunk h
   t.equal(shown.out, whole, 'passed through byte for byte when the client asked for it')
 })
 
+t.test('SSE: a stream that never mentions usage passes through whole, and ends with nothing held or read', async (t) => {
+  const plain = 'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+  const r = await tap('sse', [plain, plain, 'data: [DONE]\n\n'], true)
+  t.equal(r.out, plain + plain + 'data: [DONE]\n\n')
+  t.strictSame(r.seen, [])
+})
+
 t.test('SSE: chunks cut at any byte (inside characters, frames and terminators) give the same output as one chunk', async (t) => {
   const frames = [
     'data: {"choices":[{"delta":{"content":"café 東京 🙂"}}]}\n\n',
