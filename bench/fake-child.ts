@@ -23,12 +23,6 @@ setInterval(() => { fake.requests.length = 0 }, 100).unref()
 
 serveIpc(fake.url, {
   stats: () => ({ rss: process.memoryUsage().rss, cpu: process.cpuUsage() }),
-  /** A full collection when started with --expose-gc (run.ts does): the garbage of one burst is not the next one's pause. */
-  gc: () => {
-    const gc = (globalThis as { gc?: () => void }).gc
-    gc?.()
-    return { collected: gc !== undefined }
-  },
   stop: async () => {
     setImmediate(() => { fake.close().finally(() => process.exit(0)) })
     return { stopping: true }
