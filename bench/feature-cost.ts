@@ -5,7 +5,7 @@ import { chatBody, newPool, newTally, runFor, type Target } from './load.js'
 import { machine } from './machine.js'
 import type { ProbeStats } from './probe.js'
 import { cpuMicros } from './sse-phase.js'
-import { fmt, markdown, signed, sumErrors } from './stats.js'
+import { fmt, markdown, median, signed, sumErrors } from './stats.js'
 
 /*
  * `npm run bench:features [rounds=5] [ms=2000]`: what each feature of the every-feature-on target costs on
@@ -28,8 +28,6 @@ const CONFIGS: Record<string, object> = {
   'output guardrail': { outputFilter },
   all: ALL_FEATURES
 }
-
-const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN
 
 async function main (): Promise<void> {
   const rounds = Number(process.argv[2] ?? 5)

@@ -12,7 +12,7 @@ import { chatBody, newPool, newTally, runFor, type Target } from './load.js'
 import { busiest, machine, showBusy } from './machine.js'
 import type { ProbeStats } from './probe.js'
 import { cpuMicros } from './sse-phase.js'
-import { fmt, markdown, round, summarize } from './stats.js'
+import { fmt, markdown, median, round, summarize } from './stats.js'
 
 /*
  * What a client key costs per request (issue 13): the same 1 KB chat completion at c=64 through four
@@ -118,7 +118,6 @@ async function main (): Promise<void> {
     const usage = await fetch(`${quotaSide.child.url}/v1/proxy/usage`, { headers: quotaSide.target.headers }).then(async (r) => JSON.stringify(await r.json()))
     await Promise.all(sides.map((s) => s.target.pool.close()))
 
-    const median = (xs: number[]): number => summarize(xs).p50
     const range = (xs: number[]): string => `${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))}`
     const base = sides[0] as typeof sides[number]
     const baseRps = median(base.turns.map((t) => t.rps))

@@ -8,7 +8,7 @@ import { chatBody, newPool, newTally, runFor, type Target } from './load.js'
 import { busiest, machine, showBusy } from './machine.js'
 import type { ProbeStats } from './probe.js'
 import { cpuMicros } from './sse-phase.js'
-import { fmt, signed, table } from './stats.js'
+import { fmt, median, signed, table } from './stats.js'
 
 /*
  * `npm run build && node dist/bench/metrics-ab.js [rounds]`: what Prometheus metrics cost per request. Two
@@ -24,11 +24,6 @@ const MS = 2000
 const CONCURRENCY = 64
 const METRICS_KEY = `mk-${randomBytes(16).toString('hex')}`
 
-const median = (xs: readonly number[]): number => {
-  const s = [...xs].sort((a, b) => a - b)
-  const mid = Math.floor(s.length / 2)
-  return s.length % 2 === 1 ? s[mid] as number : ((s[mid - 1] as number) + (s[mid] as number)) / 2
-}
 const log = (msg: string): void => { process.stderr.write(`# ${msg}\n`) }
 
 interface Side { name: 'off' | 'on', child: Child, target: Target, rps: number[], cpuPerReq: number[], ok: number, errors: number }

@@ -7,6 +7,14 @@ export function percentile (sorted: readonly number[], p: number): number {
   return sorted[rank] as number
 }
 
+/** The middle value (the mean of the two middle ones for an even count; NaN when empty). */
+export function median (xs: readonly number[]): number {
+  if (xs.length === 0) return Number.NaN
+  const s = [...xs].sort((a, b) => a - b)
+  const mid = Math.floor(s.length / 2)
+  return s.length % 2 === 1 ? s[mid] as number : ((s[mid - 1] as number) + (s[mid] as number)) / 2
+}
+
 export interface Summary { n: number, p50: number, p99: number, max: number }
 
 export function summarize (samples: readonly number[]): Summary {
