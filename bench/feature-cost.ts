@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto'
 import { startChild, type Child } from './children.js'
 import { ALL_FEATURES } from './features.js'
-import { chatBody, newPool, newTally, runFor, type Target } from './load.js'
+import { chatBody, newPool, newTally, runFor } from './load.js'
 import { machine } from './machine.js'
-import type { ProbeStats } from './probe.js'
-import { cpuMicros } from './sse-phase.js'
+import { inRounds, type Rounds } from './rounds.js'
+import type { Side } from './sse-phase.js'
 import { fmt, markdown, median, signed, sumErrors } from './stats.js'
 
 /*
@@ -36,29 +36,20 @@ async function main (): Promise<void> {
   process.stdout.write(`feature cost, c=64 1 KB, ${rounds} rounds x ${ms} ms; node ${m.node}, ${m.cpus} x ${m.cpuModel}, load ${m.loadAvg.join(' / ')}\n`)
   const fake = await startChild('fake', './fake-child.js', { BENCH_CHUNK_DELAY_MS: '25' })
   const key = `pk-bench-${randomBytes(16).toString('hex')}`
-  const sides: Array<{ name: string, child: Child, target: Target, cpu: number[], errors: number }> = []
+  const sides: Array<Side & { child: Child }> = []
   try {
     for (const [name, opts] of Object.entries(CONFIGS)) {
       const child = await startChild(name, './proxy-child.js', { BENCH_UPSTREAM_URL: fake.url, BENCH_PROXY_KEY: key, BENCH_PROXY_OPTIONS: JSON.stringify(opts) })
-      sides.push({ name, child, target: { name, origin: child.url, headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, pool: newPool(child.url, 64) }, cpu: [], errors: 0 })
+      sides.push({ name, child, target: { name, origin: child.url, headers: { 'content-type': 'application/json', authorization: `Bearer ${key}` }, pool: newPool(child.url, 64) } })
     }
     const body = chatBody(1024)
     for (const s of sides) await runFor(s.target, body, 16, 1500, newTally())
-    for (let r = 0; r < rounds; r++) {
-      for (let i = 0; i < sides.length; i++) {
-        const s = sides[(i + r) % sides.length] as (typeof sides)[number]
-        const before = await s.child.call<ProbeStats>('stats')
-        const tally = newTally()
-        await runFor(s.target, body, 64, ms, tally)
-        s.cpu.push(cpuMicros(before.cpu, (await s.child.call<ProbeStats>('stats')).cpu) / Math.max(1, tally.ok))
-        s.errors += sumErrors(tally.errors)
-        await new Promise((resolve) => setTimeout(resolve, 100))
-      }
-    }
-    const base = median(sides[0]?.cpu ?? [])
+    const turns = await inRounds(sides, rounds, (s, tally) => runFor(s.target, body, 64, ms, tally))
+    const cpu = (name: string): number[] => (turns.get(name) as Rounds).cpuPerReq
+    const base = median(cpu('defaults'))
     process.stdout.write('\n' + markdown([
       ['configuration', 'CPU µs/req (median)', 'vs defaults', 'per round', 'errors'],
-      ...sides.map((s) => [s.name, fmt(median(s.cpu)), s.name === 'defaults' ? '-' : signed(median(s.cpu) - base), s.cpu.map(fmt).join(' '), String(s.errors)])
+      ...sides.map((s) => [s.name, fmt(median(cpu(s.name))), s.name === 'defaults' ? '-' : signed(median(cpu(s.name)) - base), cpu(s.name).map(fmt).join(' '), String(sumErrors((turns.get(s.name) as Rounds).tally.errors))])
     ]) + '\n')
   } finally {
     for (const s of sides) {

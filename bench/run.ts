@@ -9,8 +9,9 @@ import { limitsTable, runLimitsScenario } from './limits-scenario.js'
 import { STREAM_BODY, chatBody, newPool, newTally, runCount, runFor, sseBurst, type Tally } from './load.js'
 import { busiest, machine, showBusy } from './machine.js'
 import { showTcp } from './netstat.js'
-import type { LoopDelay, ProbeStats } from './probe.js'
-import { burstSummary, cpuMicros, ssePhase, type Side } from './sse-phase.js'
+import type { ProbeStats } from './probe.js'
+import { inRounds, type Rounds } from './rounds.js'
+import { burstSummary, ssePhase, type Side } from './sse-phase.js'
 import { fmt, markdown, mb, merge, round, sumErrors, summarize, table } from './stats.js'
 
 /*
@@ -68,33 +69,8 @@ const log = (msg: string): void => { process.stderr.write(`# ${msg}\n`) }
 const smallBody = chatBody(SMALL_BYTES)
 const bigBody = chatBody(BIG.bytes)
 
-/** One target: where the load goes, and the child process to ask for RSS, CPU and loop delay (not for direct). */
+/** Completed requests per second of a tally. */
 const rps = (t: Tally): number => t.ok / (t.elapsedMs / 1000)
-
-interface Rounds { tally: Tally, cpuUs: number, delays: LoopDelay[] }
-
-/**
- * `rounds` rounds in which every side takes one turn, the order rotating each round. Counts each proxy's
- * CPU time during its own turns and, with `loopDelay`, its event-loop delay per turn.
- */
-async function inRounds (sides: readonly Side[], rounds: number, run: (s: Side, tally: Tally) => Promise<void>, loopDelay = false): Promise<Map<string, Rounds>> {
-  const out = new Map(sides.map((s) => [s.name, { tally: newTally(), cpuUs: 0, delays: [] as LoopDelay[] }]))
-  for (let r = 0; r < rounds; r++) {
-    for (let i = 0; i < sides.length; i++) {
-      const s = sides[(i + r) % sides.length] as Side
-      const acc = out.get(s.name) as Rounds
-      if (loopDelay) await s.child?.call('delay')
-      const before = await s.child?.call<ProbeStats>('stats')
-      await run(s, acc.tally)
-      if (s.child !== undefined && before !== undefined) {
-        acc.cpuUs += cpuMicros(before.cpu, (await s.child.call<ProbeStats>('stats')).cpu)
-        if (loopDelay) acc.delays.push(await s.child.call<LoopDelay>('delay'))
-      }
-      await pause(100)
-    }
-  }
-  return out
-}
 
 async function main (): Promise<void> {
   const t0 = performance.now()

@@ -29,7 +29,7 @@ t.test('SSE: usage is read from the usage chunk, split anywhere, and the chunk h
   t.equal(shown.out, whole, 'passed through byte for byte when the client asked for it')
 })
 
-t.test('SSE: a stream that never mentions usage passes through whole, and ends with nothing held or read', async (t) => {
+t.test('SSE: a stream that never mentions usage passes through whole and reports no usage', async (t) => {
   const plain = 'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
   const r = await tap('sse', [plain, plain, 'data: [DONE]\n\n'], true)
   t.equal(r.out, plain + plain + 'data: [DONE]\n\n')

@@ -135,7 +135,6 @@ function pick<K extends string> (limits: ClientKeyRecord['limits'], names: reado
  * a preimage attack), and the secret behind it has 256 random bits. Disabled keys are left out of the map,
  * so they take the same path as unknown ones.
  */
-
 export function buildIndex (records: readonly ClientKeyRecord[], now: () => number = Date.now): ClientKeyIndex {
   const byHash = new Map<string, ClientKeyEntry>()
   const byId = new Map<string, ClientKeyEntry>()
