@@ -355,10 +355,11 @@ proxyTest(t, 'U07: a 50 MB JSON answer and a 50 MB stream pass whole with memory
       t.comment(`U07 ${what} ${(size / MB).toFixed(0)} MB${stream ? ` (${frameCount} frames)` : ''}, ${run} run: ${m.result.ms.toFixed(0)} ms (300 of them a client pause); RSS ${(m.before.rss / MB).toFixed(0)} MB before, peak ${mb(m.peak.rss)}; peaks with garbage: heap ${mb(m.peak.heap)}, Buffers ${mb(m.peak.buffers)}; held halfway after GC: heap ${mb(held.heap)}, Buffers ${mb(held.buffers)}`)
       t.ok(held.buffers < size / 20, `${label}: Buffers held halfway ${mb(held.buffers)} (bound: a twentieth of the body)`)
       t.ok(held.heap < size / 20, `${label}: heap held halfway ${mb(held.heap)} (bound: a twentieth of the body)`)
-      // RSS counts Buffer garbage V8 has not collected yet, and what the allocator hands back to it: in 18
-      // CI logs the JSON second run peaked +0 to +10.9 MB and once +17.4 MB (a quarter was the bound then).
-      // A body held whole adds its 50 MB on top, so half the body still tells the two apart.
-      if (run === 'second') t.ok(m.peak.rss < size / 2, `${label}: RSS peaked ${mb(m.peak.rss)} over its start (bound: half the body)`)
+      // RSS counts Buffer garbage V8 has not collected yet, and what the allocator hands back to it: in 20
+      // CI logs the second runs peaked +0 to +12.3 MB, and once each +17.4 MB (JSON) and +25.5 MB (SSE),
+      // failing a quarter and then half the body. The halfway figures above pin what the pipeline holds; this
+      // one only has to tell a body held whole (its 50 MB on top of that noise) from one streamed.
+      if (run === 'second') t.ok(m.peak.rss < size, `${label}: RSS peaked ${mb(m.peak.rss)} over its start (bound: the body's size)`)
     }
   }
 })
