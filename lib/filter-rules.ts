@@ -65,6 +65,9 @@ export function phrasePattern (phrase: string): string {
   return open + words.map(word).join(`${SEP}*`) + close
 }
 
+/** What may stand between the letters of a letter-spaced screen alternative (see `phraseScreen`). */
+const SCREEN_GAP = '[^a-z0-9]{1,16}'
+
 const escapeJs = (s: string): string => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')
 
 /**
@@ -78,7 +81,17 @@ export function phraseScreen (phrase: string): string[] {
   const longest = words.reduce((a, b) => ([...b].length > [...a].length ? b : a))
   const letters = [...longest]
   if (letters.length < 3) return [escapeJs(longest)]
-  return [escapeJs(longest), letters.map(escapeJs).join('[^a-z0-9]{1,16}')]
+  return [escapeJs(longest), letters.map(escapeJs).join(SCREEN_GAP)]
+}
+
+/**
+ * The most UTF-16 units a screen alternative can match: its literal characters (escaped by `escapeJs`), plus
+ * 16 for each letter-spaced gap. The alternatives are only those two forms (`phraseScreen`, and patterns'
+ * literals), so this is exact; the output guardrail uses it to screen only the text a new match can touch.
+ */
+export function screenReach (alternative: string): number {
+  const pieces = alternative.split(SCREEN_GAP)
+  return pieces.reduce((n, piece) => n + piece.replace(/\\([\s\S])/g, '$1').length, 0) + 16 * (pieces.length - 1)
 }
 
 /** Compile one operator regex on RE2, or explain why it cannot be used. */
@@ -173,7 +186,15 @@ export class RuleSet {
     this.#screen = screened.length === 0 ? null : new RegExp([...alternatives].join('|'))
     this.#screenAnyCase = screened.length === 0 ? null : new RegExp([...alternatives].join('|'), 'i')
     this.#always = part(rules, all.filter((i) => rules[i]?.screen === null))
+    this.screenReach = this.#always !== null ? null : Math.max(0, ...[...alternatives].map(screenReach))
   }
+
+  /**
+   * The longest text the screen can match, or null when some rule has no screen (its automaton runs on every
+   * text). A screen match in a text that grows at its end either was in it before, or lies in its last
+   * `screenReach` characters plus what was added.
+   */
+  readonly screenReach: number | null
 
   get size (): number {
     return this.#sources.length

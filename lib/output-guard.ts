@@ -5,6 +5,7 @@ import type { ChunkFilter } from './redact.js'
 import { yieldTurn } from './loop-budget.js'
 import type { ReplyShape } from './refusal-reply.js'
 import { FrameSplitter, endsFrame } from './sse-frames.js'
+import { OutputWindow } from './output-window.js'
 
 /*
  * The output guardrail (threat F08): the operator's rules applied to generated text.
@@ -58,8 +59,8 @@ const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null 
 const list = (v: unknown): Json[] => Array.isArray(v) ? v.filter(isObject) : []
 const str = (v: unknown): string | null => typeof v === 'string' && v.length > 0 ? v : null
 
-/** The text deltas of one stream frame, each with the output it belongs to. */
-function deltas (shape: ReplyShape, obj: Json): Array<[string, string]> {
+/** The text deltas of one stream frame (`choices`: its choices), each with the output it belongs to. */
+function deltas (shape: ReplyShape, obj: Json, choices: Json[]): Array<[string, string]> {
   const out: Array<[string, string]> = []
   const add = (key: string, text: unknown): void => {
     const s = str(text)
@@ -69,7 +70,7 @@ function deltas (shape: ReplyShape, obj: Json): Array<[string, string]> {
     if (typeof obj.type === 'string' && obj.type.endsWith('.delta')) add(`${obj.type}:${String(obj.item_id)}:${String(obj.content_index ?? 0)}`, obj.delta)
     return out
   }
-  for (const c of list(obj.choices)) {
+  for (const c of choices) {
     const i = String(c.index ?? 0)
     if (shape === 'text_completion') {
       add(`x${i}`, c.text)
@@ -93,16 +94,22 @@ function dataOf (frame: string): string {
 
 const sse = (data: unknown): string => `data: ${JSON.stringify(data)}\n\n`
 
+/**
+ * A frame of one `data: ` line, the way OpenAI sends them: its data needs no splitting into lines. No other
+ * line break may be in it (the blank line ends it; a CR anywhere would end a line too).
+ */
+const oneDataLine = (text: string): boolean => text.startsWith('data: ') && text.indexOf('\n') === text.length - 2 && !text.includes('\r')
+
 /** A stream stage (the redactor's `before` filter, lib/redact.ts) that ends the stream at the first match. */
 export class OutputGuard implements ChunkFilter {
   readonly #shape: ReplyShape
   readonly #rules: OutputRules
   readonly #onMatch: (rule: RuleMatch) => void
   readonly #decoder = new StringDecoder('utf8')
-  readonly #tails = new Map<string, string>()
+  readonly #windows = new Map<string, OutputWindow>()
   readonly #choices = new Set<number>()
   readonly #frames = new FrameSplitter()
-  /** Nothing is held from earlier chunks: the last one ended on a frame boundary. */
+  /** Nothing is held from earlier chunks (in the decoder or the splitter): the last one ended a frame. */
   #clean = true
   /** Responses: the response object as last announced, and the last sequence number. */
   #response: Json = {}
@@ -118,8 +125,14 @@ export class OutputGuard implements ChunkFilter {
   // Never fed once ended: the redactor's stage drops the rest (lib/redact.ts).
   feed (chunk: Buffer): Buffer | string {
     const whole = endsFrame(chunk)
+    // After a chunk that ended a frame the decoder holds nothing, and a chunk that ends one too has no
+    // character cut at its end: it is its own text.
+    const fresh = this.#clean && whole
+    const text = fresh ? chunk.toString('utf8') : this.#decoder.write(chunk)
+    // Most chunks are one frame: no splitting needed.
+    if (fresh && text.length <= OUTPUT_FRAME_LIMIT && oneDataLine(text)) return this.#data(text.slice(6, -2)) ?? chunk
     let out = ''
-    this.#frames.push(this.#decoder.write(chunk), (frame) => {
+    this.#frames.push(text, (frame) => {
       out += this.#frame(frame)
       return !this.ended
     })
@@ -128,7 +141,7 @@ export class OutputGuard implements ChunkFilter {
     // Most chunks are whole frames after whole frames: when none matched, the chunk itself goes on (the
     // text is exactly its bytes), not the text re-encoded.
     const same = this.#clean && whole && !this.ended
-    this.#clean = whole
+    this.#clean = whole && this.#frames.held === 0
     return same ? chunk : out
   }
 
@@ -139,33 +152,38 @@ export class OutputGuard implements ChunkFilter {
 
   #frame (frame: string): string {
     if (frame.length > OUTPUT_FRAME_LIMIT) return this.#stop(TOO_LARGE, {})
+    return this.#data(dataOf(frame)) ?? frame
+  }
+
+  /** Check a frame's data: null when it may go out, else the frames that end the stream in its place. */
+  #data (data: string): string | null {
     let obj: unknown
     try {
-      obj = JSON.parse(dataOf(frame))
+      obj = JSON.parse(data)
     } catch {
-      return frame
+      return null
     }
-    if (!isObject(obj)) return frame
-    for (const c of list(obj.choices)) if (typeof c.index === 'number') this.#choices.add(c.index)
-    for (const [key, text] of deltas(this.#shape, obj)) {
+    if (!isObject(obj)) return null
+    const choices = list(obj.choices)
+    for (const c of choices) if (typeof c.index === 'number') this.#choices.add(c.index)
+    for (const [key, text] of deltas(this.#shape, obj, choices)) {
       const hit = this.#check(key, text)
       if (hit !== null) return this.#stop(hit, obj)
     }
     // Only frames that go out count: the end follows the last one the client saw.
     if (isObject(obj.response)) this.#response = obj.response
     if (typeof obj.sequence_number === 'number') this.#sequence = obj.sequence_number
-    return frame
+    return null
   }
 
   /**
-   * The window is kept normalised: only the new delta is normalised (per character, so the pieces join to
-   * the normal form of the whole), and the match runs over the window once per delta.
+   * Each output's window is kept normalised: only the new delta is normalised (per character, so the pieces
+   * join to the normal form of the whole), and lib/output-window.ts decides how much of it to match.
    */
   #check (key: string, delta: string): RuleMatch | null {
-    const text = (this.#tails.get(key) ?? '') + normalise(delta)
-    const max = this.#rules.windowChars
-    this.#tails.set(key, text.length > max ? text.slice(-max) : text)
-    return this.#rules.rules.first(text)
+    let window = this.#windows.get(key)
+    if (window === undefined) this.#windows.set(key, window = new OutputWindow(this.#rules.rules, this.#rules.windowChars))
+    return window.check(normalise(delta))
   }
 
   #stop (rule: RuleMatch, obj: Json): string {
