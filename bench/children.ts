@@ -39,9 +39,16 @@ function collect (stream: Readable | null, logs: ChildLogs, name: string): void 
   })
 }
 
+/**
+ * Every child runs with the Dockerfile's glibc setting (its runtime stage's `MALLOC_MMAP_THRESHOLD_`): the
+ * proxies are measured as they are deployed, the floor alike. `BENCH_GLIBC_DEFAULTS=1` leaves glibc's
+ * defaults, to see what the setting changes.
+ */
+export const DEPLOYED_ENV: Record<string, string> = process.env.BENCH_GLIBC_DEFAULTS === '1' ? {} : { MALLOC_MMAP_THRESHOLD_: '131072' }
+
 export async function startChild (name: string, script: string, env: Record<string, string>, readyTimeoutMs = 15_000, execArgv: string[] = []): Promise<Child> {
   const proc: ChildProcess = fork(fileURLToPath(new URL(script, import.meta.url)), [], {
-    env: { ...process.env, ...env },
+    env: { ...process.env, ...DEPLOYED_ENV, ...env },
     execArgv,
     stdio: ['ignore', 'pipe', 'pipe', 'ipc']
   })
