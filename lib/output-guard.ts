@@ -105,10 +105,11 @@ export class OutputGuard implements ChunkFilter {
   readonly #shape: ReplyShape
   readonly #rules: OutputRules
   readonly #onMatch: (rule: RuleMatch) => void
-  readonly #decoder = new StringDecoder('utf8')
   readonly #windows = new Map<string, OutputWindow>()
   readonly #choices = new Set<number>()
-  readonly #frames = new FrameSplitter()
+  // Made for the first chunk that is not one whole frame: most streams never need them.
+  #decoder: StringDecoder | null = null
+  #frames: FrameSplitter | null = null
   /** Nothing is held from earlier chunks (in the decoder or the splitter): the last one ended a frame. */
   #clean = true
   /** Responses: the response object as last announced, and the last sequence number. */
@@ -128,25 +129,26 @@ export class OutputGuard implements ChunkFilter {
     // After a chunk that ended a frame the decoder holds nothing, and a chunk that ends one too has no
     // character cut at its end: it is its own text.
     const fresh = this.#clean && whole
-    const text = fresh ? chunk.toString('utf8') : this.#decoder.write(chunk)
+    const text = fresh ? chunk.toString('utf8') : (this.#decoder ??= new StringDecoder('utf8')).write(chunk)
     // Most chunks are one frame: no splitting needed.
     if (fresh && text.length <= OUTPUT_FRAME_LIMIT && oneDataLine(text)) return this.#data(text.slice(6, -2)) ?? chunk
     let out = ''
-    this.#frames.push(text, (frame) => {
+    const frames = (this.#frames ??= new FrameSplitter())
+    frames.push(text, (frame) => {
       out += this.#frame(frame)
       return !this.ended
     })
     // A frame this large cannot be checked in one go without stalling every other stream: fail closed.
-    if (!this.ended && this.#frames.held > OUTPUT_FRAME_LIMIT) out += this.#stop(TOO_LARGE, {})
+    if (!this.ended && frames.held > OUTPUT_FRAME_LIMIT) out += this.#stop(TOO_LARGE, {})
     // Most chunks are whole frames after whole frames: when none matched, the chunk itself goes on (the
     // text is exactly its bytes), not the text re-encoded.
     const same = this.#clean && whole && !this.ended
-    this.#clean = whole && this.#frames.held === 0
+    this.#clean = whole && frames.held === 0
     return same ? chunk : out
   }
 
   finish (): string {
-    const rest = this.#frames.end() + this.#decoder.end()
+    const rest = (this.#frames?.end() ?? '') + (this.#decoder?.end() ?? '')
     return rest.length > 0 ? this.#frame(rest) : ''
   }
 

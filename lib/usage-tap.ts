@@ -60,6 +60,7 @@ function usageOf (frame: string): { total: number | null, usageOnly: boolean } {
 }
 
 const USAGE = Buffer.from('"usage"')
+const EMPTY = Buffer.alloc(0)
 
 /**
  * The parsing, for the listener and, as the redactor's `before` filter (lib/redact.ts), for the stream stage
@@ -71,7 +72,8 @@ export class UsageReader implements ChunkFilter {
   // most of a stream passes untouched, and a stream in flight need not carry them.
   #decoder: StringDecoder | null = null
   #frames: FrameSplitter | null = null
-  #tail = Buffer.alloc(0)
+  /** JSON: the body's last bytes (none yet: one shared empty Buffer, not an allocation per stream). */
+  #tail: Buffer = EMPTY
   /** Nothing is held from earlier chunks: the last one ended on a frame boundary, all of it passed on. */
   #clean = true
 
