@@ -49,7 +49,7 @@ export const DEPLOYED_ENV: Record<string, string> = process.env.BENCH_GLIBC_DEFA
 export async function startChild (name: string, script: string, env: Record<string, string>, readyTimeoutMs = 15_000, execArgv: string[] = []): Promise<Child> {
   const proc: ChildProcess = fork(fileURLToPath(new URL(script, import.meta.url)), [], {
     env: { ...process.env, ...DEPLOYED_ENV, ...env },
-    execArgv,
+    execArgv: [...execArgv, ...(process.env.BENCH_CHILD_FLAGS ?? '').split(' ').filter((f) => f !== '')],
     stdio: ['ignore', 'pipe', 'pipe', 'ipc']
   })
   const logs: ChildLogs = { lines: 0, warnings: 0, samples: [] }
