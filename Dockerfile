@@ -38,7 +38,7 @@ COPY --from=build /app/dist ./dist
 ENV NODE_ENV=production HOST=0.0.0.0 PORT=8080
 # glibc hands blocks of 128 KiB or more back to the system when freed. By default it raises that threshold
 # to the largest block freed so far, so after some large prompts (bodies are read whole) their memory stays
-# in its heap for good: `npm run bench` measured 20-40 MiB more RSS under 1000 streams that followed large
+# in its heap for good: `npm run bench` measured 15-30 MiB more RSS under 1000 streams that followed large
 # prompts (docs/performance.md). Setting the threshold fixes it at 128 KiB; read once, at process start.
 ENV MALLOC_MMAP_THRESHOLD_=131072
 EXPOSE 8080
