@@ -2,6 +2,7 @@ import { fork, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import type { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
+import { IMAGE_ENV } from './deployed-env.js'
 
 /*
  * Parent side of the bench children (see ipc.ts): fork, wait for `ready`, call commands, collect what the
@@ -40,11 +41,10 @@ function collect (stream: Readable | null, logs: ChildLogs, name: string): void 
 }
 
 /**
- * Every child runs with the Dockerfile's glibc setting (its runtime stage's `MALLOC_MMAP_THRESHOLD_`): the
- * proxies are measured as they are deployed, the floor alike. `BENCH_GLIBC_DEFAULTS=1` leaves glibc's
- * defaults, to see what the setting changes.
+ * Every child runs with the image's glibc setting (bench/deployed-env.ts): the proxies are measured as they
+ * are deployed, the floor alike. `BENCH_GLIBC_DEFAULTS=1` leaves glibc's defaults, to see what it changes.
  */
-export const DEPLOYED_ENV: Record<string, string> = process.env.BENCH_GLIBC_DEFAULTS === '1' ? {} : { MALLOC_MMAP_THRESHOLD_: '131072' }
+const DEPLOYED_ENV: Readonly<Record<string, string>> = process.env.BENCH_GLIBC_DEFAULTS === '1' ? {} : IMAGE_ENV
 
 export async function startChild (name: string, script: string, env: Record<string, string>, readyTimeoutMs = 15_000, execArgv: string[] = []): Promise<Child> {
   const proc: ChildProcess = fork(fileURLToPath(new URL(script, import.meta.url)), [], {

@@ -7,7 +7,7 @@ import t from 'tap'
 import { parse } from 'yaml'
 import { readConfig } from '../plugins/config.js'
 import { EnvSchema } from '../schemas/config.js'
-import { DEPLOYED_ENV } from '../bench/children.js'
+import { IMAGE_ENV } from '../bench/deployed-env.js'
 
 /*
  * The deploy files, checked without a container engine: compose.yaml parses and every variable it sets is
@@ -121,7 +121,7 @@ t.test('.ci/runtime-stage.mjs reads the runtime stage as the Dockerfile writes i
   const runs = (runtime?.steps ?? []).filter((s) => s.op === 'RUN').map((s) => s.command)
   t.ok(runs.includes('npm ci --omit=dev --ignore-scripts && npm cache clean --force'), 'production dependencies only')
   t.match(runtime?.env, { NODE_ENV: 'production', HOST: '0.0.0.0', PORT: '8080' })
-  t.strictSame({ MALLOC_MMAP_THRESHOLD_: runtime?.env.MALLOC_MMAP_THRESHOLD_ }, DEPLOYED_ENV, 'the bench runs its proxies with the image\'s glibc setting')
+  t.strictSame({ MALLOC_MMAP_THRESHOLD_: runtime?.env.MALLOC_MMAP_THRESHOLD_ }, IMAGE_ENV, 'the bench runs its proxies with the image\'s glibc setting')
 
   t.match(read('.ci/run'), /node \.ci\/runtime-stage\.mjs/, '.ci/run runs it')
 })
