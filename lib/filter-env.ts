@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs'
 import type { Env, OaiProxyOptions } from '../schemas/config.js'
 import type { OutputFilterConfig, PromptFilterConfig } from '../schemas/prompt-filter.js'
 import { STORED_STATE, type RequestPolicyConfig, type StoredStateFeature } from '../schemas/request-policy.js'
-import { compileRules, RuleError, scriptMatcher } from './filter-rules.js'
+import { compileRules, RuleError } from './filter-rules.js'
+import { scriptMatcher } from './script-rule.js'
 
 /*
  * REJECT_*, MODERATION_*, ALLOWED_* and friends -> the `filter`, `policy` and `logPrompts` options. Used by

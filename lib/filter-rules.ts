@@ -237,12 +237,21 @@ export class RuleSet {
    * automaton over the rules it lets through (linear passes, never backtracking).
    */
   first (text: string): RuleMatch | null {
+    return this.#first(text, this.#screen?.test(text) === true)
+  }
+
+  /** `first` for text the caller has already found the screen to match (`mayMatch`): it is not run again. */
+  firstScreened (text: string): RuleMatch | null {
+    return this.#first(text, true)
+  }
+
+  #first (text: string, screened: boolean): RuleMatch | null {
     const hits: number[] = []
     const run = (p: Part | null, t: string): void => {
       if (p !== null) for (const h of p.set.match(t)) hits.push(p.index[h] as number)
     }
     run(this.#always, text)
-    if (this.#screen?.test(text) === true) {
+    if (screened) {
       run(this.#screened, text)
       if (this.#phrases !== null) run(this.#phrases, phraseView(text))
     }
@@ -287,34 +296,4 @@ export function ruleSetFor (phrases: readonly string[] = [], patterns: readonly 
     shared.set(key, set)
   }
   return set
-}
-
-/** Check script names (`Han`, `Cyrillic`, ...) and build one matcher for all of them. */
-export function scriptMatcher (scripts: readonly string[]): RegExp | null {
-  if (scripts.length === 0) return null
-  scripts.forEach((name, i) => {
-    let ok = /^[A-Za-z_]{2,40}$/.test(name)
-    try {
-      if (ok) RegExp(`\\p{Script=${name}}`, 'u')
-    } catch {
-      ok = false
-    }
-    if (!ok) throw new RuleError('scripts', i, 'is not a Unicode script name (e.g. Han, Hiragana, Katakana, Hangul, Cyrillic, Arabic)')
-  })
-  return new RegExp(`[${scripts.map((s) => `\\p{Script=${s}}`).join('')}]`, 'gu')
-}
-
-/** How many characters of the matched scripts `text` holds, counting no further than `enough`. */
-export function countScript (re: RegExp, text: string, enough: number): number {
-  re.lastIndex = 0
-  let n = 0
-  while (n < enough && re.exec(text) !== null) n++
-  return n
-}
-
-/** The script of one character, for logs: `Han`. */
-export function scriptOf (scripts: readonly string[], text: string, re: RegExp): string {
-  re.lastIndex = 0
-  const ch = re.exec(text)?.[0] ?? ''
-  return scripts.find((s) => new RegExp(`\\p{Script=${s}}`, 'u').test(ch)) ?? 'unknown'
 }

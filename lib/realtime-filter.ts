@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
-import { countScript, ruleSetFor, scriptMatcher, scriptOf, type RuleSet } from './filter-rules.js'
+import { ruleSetFor, type RuleSet } from './filter-rules.js'
+import { countScript, scriptMatcher, scriptOf } from './script-rule.js'
 import { yieldTurn } from './loop-budget.js'
 import { ModerationClient } from './moderation.js'
 import { normaliseLong } from './normalise.js'

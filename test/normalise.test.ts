@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs'
 import t from 'tap'
-import { phrasePattern, RuleError, RuleSet, ruleSetFor, scriptMatcher, scriptOf, countScript } from '../lib/filter-rules.js'
+import { phrasePattern, RuleError, RuleSet, ruleSetFor } from '../lib/filter-rules.js'
+import { scriptMatcher, scriptOf, countScript } from '../lib/script-rule.js'
 import { normalise, normaliseLong } from '../lib/normalise.js'
 
 const PHRASE = 'ignore previous instructions'
