@@ -44,6 +44,6 @@ export class OutputWindow {
     if (this.#seen - window.length > this.#live && !this.#rules.mayMatch(window.length > near ? window.slice(window.length - near) : window)) return null
     if (!this.#rules.mayMatch(window)) return null
     this.#live = this.#seen
-    return this.#rules.first(window)
+    return this.#rules.firstScreened(window)
   }
 }
