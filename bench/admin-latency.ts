@@ -6,7 +6,7 @@ import Fastify from 'fastify'
 import oaiProxy from '../app.js'
 import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { addKey, draftKey } from '../plugins/client-keys/operations.js'
-import type { ClientKeyRecord } from '../schemas/client-keys.js'
+import type { ClientKeyRecord } from '../plugins/client-keys/schema.js'
 import { fmt, summarize, table } from './stats.js'
 
 /*

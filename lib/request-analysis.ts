@@ -81,7 +81,7 @@ interface EndpointPlan {
 
 const plans = new WeakMap<EndpointDefinition, EndpointPlan>()
 
-/** The walk's plan for a table row, built the first time (routes/proxy.ts asks when it builds the routes). */
+/** The walk's plan for a table row, built the first time (routes/proxy/index.ts asks when it builds the routes). */
 export function planFor (endpoint: EndpointDefinition): EndpointPlan {
   let plan = plans.get(endpoint)
   if (plan === undefined) {

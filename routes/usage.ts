@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify'
-import type { QuotaUsage, Quotas } from '../lib/limit-store.js'
-import type { GuardedLimitStore } from '../lib/store-guard.js'
-import type { OaiProxyClient } from '../plugins/auth.js'
+import type { QuotaUsage, Quotas } from '../plugins/limits/limit-store.js'
+import type { GuardedLimitStore } from '../plugins/limits/store-guard.js'
+import type { OaiProxyClient } from '../plugins/auth/index.js'
 
 export interface UsageRouteOptions {
   /** Serve `/proxy/usage` too, as the proxy routes are served without `/v1`. */

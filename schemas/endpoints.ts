@@ -1,5 +1,4 @@
 import type { TSchema } from '@sinclair/typebox'
-import type { ReplyShape } from '../lib/refusal-reply.js'
 import {
   ChatCompletionBodySchema, CompletionBodySchema, EmbeddingBodySchema, ModelParamsSchema,
   ModerationBodySchema, ResponseBodySchema
@@ -16,6 +15,9 @@ import {
  * nothing else ever reaches upstream. `path` is relative to `/v1`; `:name` marks a path parameter that
  * is re-encoded as exactly one segment upstream.
  */
+/** The shape of an endpoint's answer: what the prompt filter dresses a refusal as, and what the output guardrail reads. */
+export type ReplyShape = 'chat.completion' | 'text_completion' | 'response'
+
 export interface EndpointDefinition {
   /** Stable id, used in options (`endpoints`) and logs. */
   id: string

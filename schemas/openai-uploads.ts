@@ -3,7 +3,7 @@ import { ModelName } from './openai.js'
 
 /*
  * The endpoints that take `multipart/form-data`: which parts each accepts (as data: the form reader in
- * lib/multipart.ts refuses any other part), and a TypeBox schema of the text fields once read and typed.
+ * plugins/form-body/multipart.ts refuses any other part), and a TypeBox schema of the text fields once read and typed.
  * Unlike JSON bodies, unknown fields are refused here: a form is rebuilt part by part for upstream, so a
  * part nobody checked must not ride along. The lists follow OpenAI's published spec (2026-08).
  */

@@ -6,11 +6,11 @@ import fastifyRateLimit from '@fastify/rate-limit'
 import t from 'tap'
 import oaiProxy from '../app.js'
 import admin from '../plugins/admin/index.js'
-import { readConfig } from '../plugins/config.js'
+import { readConfig } from '../plugins/config/index.js'
 import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { hashSecret } from '../plugins/client-keys/records.js'
 import type { OaiProxyClientKeys } from '../plugins/client-keys/store.js'
-import type { OaiProxyOptions } from '../schemas/config.js'
+import type { OaiProxyOptions } from '../plugins/config/options.js'
 import { canaryKey, chatBody, proxyTest, randomToken } from './helper.js'
 
 /*

@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import { addKey, draftKey, KeyInputError, KeyNotFoundError, keyView, removeKey, rotateKey, setDisabled, updateKey } from '../plugins/client-keys/operations.js'
 import { hashSecret } from '../plugins/client-keys/records.js'
-import type { ClientKeyRecord } from '../schemas/client-keys.js'
+import type { ClientKeyRecord } from '../plugins/client-keys/schema.js'
 
 /*
  * The record operations the CLI and the admin API share, called directly: what each returns, and the

@@ -2,7 +2,7 @@ import { createHash, randomInt } from 'node:crypto'
 import t, { type Test } from 'tap'
 import { Client } from 'undici'
 import { envelope } from '../errors.js'
-import { matchKey } from '../plugins/auth.js'
+import { matchKey } from '../plugins/auth/index.js'
 import { assertNoLeak, chatBody, proxyTest, randomToken, rawRequest } from './helper.js'
 
 /*

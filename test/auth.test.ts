@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import t from 'tap'
-import { matchKey } from '../plugins/auth.js'
+import { matchKey } from '../plugins/auth/index.js'
 import { assertNoLeak, chatBody, proxyTest, rawRequest, seenByClient, type Harness } from './helper.js'
 
 const post = (h: Harness, headers: Record<string, string>, url = '/v1/chat/completions') =>

@@ -7,7 +7,7 @@ import t from 'tap'
 import { mintBrowserToken } from '../plugins/client-keys/browser-tokens.js'
 import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { buildIndex, hashSecret, newKeyId, newSecret } from '../plugins/client-keys/records.js'
-import type { ClientKeyRecord } from '../schemas/client-keys.js'
+import type { ClientKeyRecord } from '../plugins/client-keys/schema.js'
 import { assertNoLeak, proxyTest, type Harness } from './helper.js'
 
 /*

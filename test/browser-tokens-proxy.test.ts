@@ -9,7 +9,7 @@ import browserTokens, { oaiProxyTokenMinter } from '../plugins/client-keys/brows
 import { mintBrowserToken, type MintTokenOptions } from '../plugins/client-keys/browser-tokens.js'
 import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { buildIndex } from '../plugins/client-keys/records.js'
-import type { ClientKeyRecord } from '../schemas/client-keys.js'
+import type { ClientKeyRecord } from '../plugins/client-keys/schema.js'
 import { startFakeOpenAI } from '../testing/fake-openai.js'
 import { assertNoLeak, canaryKey, chatBody, proxyTest, seenByClient, sleep, type Harness } from './helper.js'
 import { connect, open, refused, rtTest } from './realtime-helper.js'

@@ -2,12 +2,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { quotaWindows } from '../lib/quota-store.js'
+import { quotaWindows } from '../plugins/client-keys/quota-store.js'
 import { browserTokenVerifier } from '../plugins/client-keys/browser-tokens.js'
 import { runKeysCli } from '../plugins/client-keys/cli.js'
 import { readKeysFile } from '../plugins/client-keys/file-io.js'
 import { buildIndex, hashSecret } from '../plugins/client-keys/records.js'
-import type { ClientKeyRecord } from '../schemas/client-keys.js'
+import type { ClientKeyRecord } from '../plugins/client-keys/schema.js'
 
 /*
  * The keys CLI on the keys file: `keys token` reached through `keys`, and `keys usage` reading the usage

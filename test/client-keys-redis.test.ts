@@ -7,7 +7,7 @@ import oaiProxy, { resolveOptions } from '../app.js'
 import { buildIndex, hashSecret, newKeyId, newSecret, serializeKeys } from '../plugins/client-keys/records.js'
 import { mintBrowserToken } from '../plugins/client-keys/browser-tokens.js'
 import { RedisRecords } from '../plugins/client-keys/redis-records.js'
-import type { ClientKeyRecord } from '../schemas/client-keys.js'
+import type { ClientKeyRecord } from '../plugins/client-keys/schema.js'
 import { assertNoLeak, chatBody, harness, seenByClient, sleep, type Harness } from './helper.js'
 import { hasRedis, startRedis } from './redis-helper.js'
 

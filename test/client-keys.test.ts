@@ -9,7 +9,7 @@ import { runKeysCli } from '../plugins/client-keys/cli.js'
 import { readKeysFile, updateKeysFile, withLock, writeKeysFile } from '../plugins/client-keys/file-io.js'
 import clientKeyFile from '../plugins/client-keys/file-store.js'
 import { buildIndex, hashSecret, KeysFileError, newKeyId, newSecret, parseKeysFile, serializeKeys } from '../plugins/client-keys/records.js'
-import type { ClientKeyRecord } from '../schemas/client-keys.js'
+import type { ClientKeyRecord } from '../plugins/client-keys/schema.js'
 import { sleep } from './helper.js'
 
 /*

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import Fastify from 'fastify'
 import t from 'tap'
 import oaiProxy, { resolveOptions } from '../app.js'
-import { ConfigError, parseTrustProxy, readConfig } from '../plugins/config.js'
+import { ConfigError, parseTrustProxy, readConfig } from '../plugins/config/index.js'
 import { canaryKey } from './helper.js'
 
 const secret = canaryKey()

@@ -2,7 +2,7 @@ import fastifyCors from '@fastify/cors'
 import Fastify from 'fastify'
 import t from 'tap'
 import oaiProxy from '../app.js'
-import { corsAllowedHeaders, corsExposedHeaders } from '../plugins/cors.js'
+import { corsAllowedHeaders, corsExposedHeaders } from '../plugins/cors/index.js'
 import { assertNoLeak, canaryKey, chatBody, proxyTest, seenByClient, type Harness } from './helper.js'
 
 const PAGE = 'https://chat.example.com'

@@ -5,8 +5,8 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { parse } from 'yaml'
-import { readConfig } from '../plugins/config.js'
-import { EnvSchema } from '../schemas/config.js'
+import { readConfig } from '../plugins/config/index.js'
+import { EnvSchema } from '../plugins/config/options.js'
 import { IMAGE_ENV } from '../bench/deployed-env.js'
 
 /*
@@ -47,7 +47,7 @@ t.test('compose.yaml: every variable is one the server reads, and the environmen
   for (const name of replicas) {
     const env = compose.services[name]?.environment ?? {}
     const unknown = Object.keys(env).filter((k) => !envNames.has(k))
-    t.strictSame(unknown, [], `${name}: variables not in EnvSchema (schemas/config.ts)`)
+    t.strictSame(unknown, [], `${name}: variables not in EnvSchema (plugins/config/options.ts)`)
     const values = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, interpolate(String(v))]))
     const config = readConfig(values)
     t.equal(config.demo, true, 'keyless by default: demo mode, NODE_ENV=development')

@@ -2,8 +2,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { CJK_SCRIPTS, parseRejectPhrases } from '../lib/filter-env.js'
-import { ConfigError, readConfig } from '../plugins/config.js'
+import { CJK_SCRIPTS, parseRejectPhrases } from '../plugins/config/filter-env.js'
+import { ConfigError, readConfig } from '../plugins/config/index.js'
 import { canaryKey, chatBody, harness } from './helper.js'
 
 /*

@@ -7,7 +7,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import type { Test } from 'tap'
 import oaiProxy from '../app.js'
 import { oaiProxyServerOptions } from '../lib/server-options.js'
-import type { OaiProxyOptions } from '../schemas/config.js'
+import type { OaiProxyOptions } from '../plugins/config/options.js'
 import { startFakeOpenAI, type FakeOpenAI, type FakeOpenAIOptions, type RecordedRequest } from '../testing/fake-openai.js'
 
 const ALPHANUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'

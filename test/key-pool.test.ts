@@ -1,5 +1,5 @@
 import t from 'tap'
-import { KeyPool, fingerprint } from '../lib/key-pool.js'
+import { KeyPool, fingerprint } from '../plugins/upstream/key-pool.js'
 
 t.test('least recently used, skipping disabled and cooling keys', async (t) => {
   let now = 1000

@@ -2,9 +2,9 @@ import { IncomingMessage, ServerResponse } from 'node:http'
 import { Socket } from 'node:net'
 import { PassThrough, Readable } from 'node:stream'
 import t from 'tap'
-import { MemoryLimitStore } from '../lib/limit-store.js'
+import { MemoryLimitStore } from '../plugins/limits/limit-store.js'
 import { onResponseClose, watchClose } from '../lib/response-close.js'
-import { chain } from '../lib/stream-chain.js'
+import { chain } from '../routes/proxy/stream-chain.js'
 
 t.test('memory token windows: reserve, refuse, settle, clamp', async (t) => {
   const now = 1_000_000

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { hashSecret, newKeyId, newSecret } from '../plugins/client-keys/records.js'
-import type { ClientKeyRecord } from '../schemas/client-keys.js'
+import type { ClientKeyRecord } from '../plugins/client-keys/schema.js'
 import { assertNoLeak, chatBody, proxyTest, randomToken, sleep, type Harness } from './helper.js'
 
 /*

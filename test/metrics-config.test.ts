@@ -1,7 +1,7 @@
 import t from 'tap'
-import { ConfigError, readConfig } from '../plugins/config.js'
+import { ConfigError, readConfig } from '../plugins/config/index.js'
 
-/* METRICS, METRICS_KEY, METRICS_PORT, METRICS_CLIENT_LABELS and STATUS_PAGE -> options (plugins/metrics/env.ts). */
+/* METRICS, METRICS_KEY, METRICS_PORT, METRICS_CLIENT_LABELS and STATUS_PAGE -> options (plugins/config/metrics-env.ts). */
 
 const KEY = 'metrics-key-0123456789abcdef'
 const proxy = (env: Record<string, string>) => readConfig(env).proxy

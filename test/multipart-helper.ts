@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream'
-import { AUDIO_TYPES, IMAGE_TYPES } from '../lib/file-sniff.js'
-import { openForm, type FormLimits, type FormSpec, type OpenedForm } from '../lib/multipart.js'
+import { AUDIO_TYPES, IMAGE_TYPES } from '../plugins/form-body/file-sniff.js'
+import { openForm, type FormLimits, type FormSpec, type OpenedForm } from '../plugins/form-body/multipart.js'
 import { formContentType, multipartBody, readUploadedForm, wavHeader, type BufferPart, type UploadRecord } from '../testing/fake-uploads.js'
 
 /* Shared by the test/multipart*.test.ts files: the specs of OpenAI's upload endpoints and small helpers. */

@@ -1,11 +1,11 @@
 import { PassThrough, Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { openForm } from '../lib/multipart.js'
+import { openForm } from '../plugins/form-body/multipart.js'
 import { multipartBody, pngBytes, wavBytes } from '../testing/fake-uploads.js'
 import { AUDIO, IMAGES, LIMITS, cut, form, forward, open, refusal } from './multipart-helper.js'
 
-/* lib/multipart.ts after the decision: held(), discard(), aborts on either side, and errors while streaming. */
+/* plugins/form-body/multipart.ts after the decision: held(), discard(), aborts on either side, and errors while streaming. */
 
 const png = pngBytes(3, 2)
 const events = ['readable', 'end', 'error', 'close'] as const

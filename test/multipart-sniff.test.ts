@@ -1,8 +1,8 @@
 import t from 'tap'
-import { mimeType, safeFileName, sniff, type FileType } from '../lib/file-sniff.js'
+import { mimeType, safeFileName, sniff, type FileType } from '../plugins/form-body/file-sniff.js'
 import { pngBytes, wavBytes } from '../testing/fake-uploads.js'
 
-/* lib/file-sniff.ts: the type of an upload from its magic numbers, never from its name or declared type. */
+/* plugins/form-body/file-sniff.ts: the type of an upload from its magic numbers, never from its name or declared type. */
 
 const bytes = (...parts: Array<string | number[]>): Buffer => Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'latin1') : Buffer.from(p))))
 

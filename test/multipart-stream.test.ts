@@ -7,7 +7,7 @@ import fc from 'fast-check'
 import t from 'tap'
 import { multipartBody, pngBytes, readUploadedForm, wavBytes } from '../testing/fake-uploads.js'
 import { IMAGES, LIMITS, cut, forward, open, wavChunks } from './multipart-helper.js'
-import { openForm, type FormSpec } from '../lib/multipart.js'
+import { openForm, type FormSpec } from '../plugins/form-body/multipart.js'
 
 /* Uploads stream with bounded memory; any valid form survives the round trip; throughput. */
 

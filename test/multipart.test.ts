@@ -7,7 +7,7 @@ import { pngBytes, readUploadedForm, TEST_BOUNDARY, wavBytes } from '../testing/
 import { AUDIO, CT, IMAGES, LIMITS, chunked, cut, form, forward, open, refusal } from './multipart-helper.js'
 
 /*
- * lib/multipart.ts: a client's form read up to the decision point and re-written for upstream. Upstream's
+ * plugins/form-body/multipart.ts: a client's form read up to the decision point and re-written for upstream. Upstream's
  * view is read back with testing/fake-uploads.ts, a separate parser.
  */
 

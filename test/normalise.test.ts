@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs'
 import t from 'tap'
-import { phrasePattern, RuleError, RuleSet, ruleSetFor } from '../lib/filter-rules.js'
-import { scriptMatcher, scriptOf, countScript } from '../lib/script-rule.js'
-import { normalise, normaliseLong } from '../lib/normalise.js'
+import { phrasePattern, RuleError, RuleSet, ruleSetFor } from '../plugins/prompt-filter/filter-rules.js'
+import { scriptMatcher, scriptOf, countScript } from '../plugins/prompt-filter/script-rule.js'
+import { normalise, normaliseLong } from '../plugins/prompt-filter/normalise.js'
 
 const PHRASE = 'ignore previous instructions'
 const rules = new RuleSet([PHRASE, 'bomb', 'ass', '炸弹'], ['jail\\s*break'])

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { compileOrigins } from '../lib/origins.js'
-import { ConfigError, readConfig } from '../plugins/config.js'
+import { ConfigError, readConfig } from '../plugins/config/index.js'
 import { canaryKey } from './helper.js'
 
 t.test('exact origins are normalised once and then matched byte for byte', async (t) => {

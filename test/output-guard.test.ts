@@ -1,5 +1,5 @@
 import t from 'tap'
-import { OutputGuard, checkWholeAnswer, outputRules, type OutputRules } from '../lib/output-guard.js'
+import { OutputGuard, checkWholeAnswer, outputRules, type OutputRules } from '../plugins/prompt-filter/output-guard.js'
 
 /*
  * The guardrail's stage on its own, for the shapes of frames and answers the end-to-end tests

@@ -1,11 +1,11 @@
 import t from 'tap'
 import fc from 'fast-check'
-import { RuleSet, phraseScreen, screenReach, type RuleMatch } from '../lib/filter-rules.js'
-import { normalise } from '../lib/normalise.js'
-import { OutputWindow } from '../lib/output-window.js'
+import { RuleSet, phraseScreen, screenReach, type RuleMatch } from '../plugins/prompt-filter/filter-rules.js'
+import { normalise } from '../plugins/prompt-filter/normalise.js'
+import { OutputWindow } from '../plugins/prompt-filter/output-window.js'
 
 /*
- * The output guardrail's window screens only the text a new match can touch (lib/output-window.ts). It must
+ * The output guardrail's window screens only the text a new match can touch (plugins/prompt-filter/output-window.ts). It must
  * answer exactly as checking the whole window on every delta did: compared here, delta by delta, over
  * random streams of pieces of the rules' words, letter-spaced forms and filler, with windows short enough
  * that screen matches leave them.

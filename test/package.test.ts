@@ -38,7 +38,7 @@ t.test('npm pack -> install -> tsc -> import from ESM and CommonJS -> serve', { 
   const files = packed?.files.map((f) => f.path).sort() ?? []
   t.strictSame(files.filter((f) => !/^dist\/.+\.(js|d\.ts)$/.test(f) && !['package.json', 'README.md', 'LICENSE'].includes(f)), [], 'only compiled code, types, README, LICENSE')
   t.strictSame(files.filter((f) => /\.map$|^dist\/(test|bench)\/|\.tsbuildinfo$/.test(f)), [], 'no source maps, tests or benchmarks')
-  for (const f of ['README.md', 'LICENSE', 'dist/index.js', 'dist/index.d.ts', 'dist/testing/fake-openai.js', 'dist/testing/fake-openai.d.ts', 'dist/server.js', 'dist/plugins/cors.js']) {
+  for (const f of ['README.md', 'LICENSE', 'dist/index.js', 'dist/index.d.ts', 'dist/testing/fake-openai.js', 'dist/testing/fake-openai.d.ts', 'dist/server.js', 'dist/plugins/cors/index.js']) {
     t.ok(files.includes(f), `packs ${f}`)
   }
 

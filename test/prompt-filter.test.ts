@@ -2,7 +2,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks'
 import Fastify from 'fastify'
 import t from 'tap'
 import oaiProxy from '../app.js'
-import { DEFAULT_REJECT_MESSAGE } from '../plugins/prompt-filter.js'
+import { DEFAULT_REJECT_MESSAGE } from '../plugins/prompt-filter/index.js'
 import { assertNoLeak, canaryKey, chatBody, proxyTest, seenByClient, type Harness } from './helper.js'
 
 /*

@@ -4,7 +4,7 @@ import { estimatePrompt } from '../lib/token-estimate.js'
 import { endpoints } from '../schemas/endpoints.js'
 import { chatBody, proxyTest, sleep, type Harness } from './helper.js'
 
-/* Edge cases of the forwarding route (routes/proxy.ts) that the per-concern suites do not reach. */
+/* Edge cases of the forwarding route (routes/proxy/index.ts) that the per-concern suites do not reach. */
 
 const LIMIT = 10_000
 const OUTPUT = 500

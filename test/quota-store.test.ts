@@ -4,17 +4,17 @@ import { join } from 'node:path'
 import Fastify from 'fastify'
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
-import { MemoryQuotas, quotaWindows, RedisQuotas } from '../lib/quota-store.js'
-import { quotaSpent } from '../lib/realtime-session.js'
+import { MemoryQuotas, quotaWindows, RedisQuotas } from '../plugins/client-keys/quota-store.js'
+import { quotaSpent } from '../routes/realtime/session.js'
 import usageFile, { readUsageFile } from '../plugins/client-keys/usage-file.js'
 import { writeKeysFile } from '../plugins/client-keys/file-io.js'
 import { hashSecret, newKeyId, newSecret } from '../plugins/client-keys/records.js'
-import type { ClientKeyRecord } from '../schemas/client-keys.js'
+import type { ClientKeyRecord } from '../plugins/client-keys/schema.js'
 import { chatBody, harness, sleep } from './helper.js'
 import { hasRedis, startRedis } from './redis-helper.js'
 
 /*
- * Quota counters (lib/quota-store.ts): UTC calendar windows, all-or-nothing reservations, settle and
+ * Quota counters (plugins/client-keys/quota-store.ts): UTC calendar windows, all-or-nothing reservations, settle and
  * refund, in memory and in a real Redis; the usage file that carries memory counts across restarts.
  */
 

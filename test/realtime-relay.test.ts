@@ -4,7 +4,7 @@ import t, { type Test } from 'tap'
 import { WebSocket, WebSocketServer } from 'ws'
 import { sleep } from './helper.js'
 import { bearer, rtTest } from './realtime-helper.js'
-import { Relay, relayCode, type RelayOptions } from '../lib/realtime-relay.js'
+import { Relay, relayCode, type RelayOptions } from '../routes/realtime/relay.js'
 import type { RealtimeConnection } from '../testing/fake-realtime.js'
 
 /*

@@ -321,7 +321,7 @@ rtTest(t, 'with the output guardrail on, a warning says it does not read Realtim
 })
 
 t.test('REALTIME, REALTIME_MAX_FRAME_BYTES, REALTIME_IDLE_TIMEOUT_MS in the environment', async (t) => {
-  const { readConfig } = await import('../plugins/config.js')
+  const { readConfig } = await import('../plugins/config/index.js')
   t.strictSame(readConfig({ REALTIME: 'true', REALTIME_MAX_FRAME_BYTES: '65536', REALTIME_IDLE_TIMEOUT_MS: '0' }).proxy.realtime, { enabled: true, maxFrameBytes: 65536, idleTimeoutMs: 0 })
   t.strictSame(readConfig({ REALTIME: 'true' }).proxy.realtime, { enabled: true })
   t.equal(readConfig({ REALTIME: 'false', REALTIME_MAX_FRAME_BYTES: '65536' }).proxy.realtime, undefined, 'the limits alone do not turn it on')

@@ -1,9 +1,9 @@
 import { Readable } from 'node:stream'
 import { text } from 'node:stream/consumers'
 import t from 'tap'
-import { REDACTED, SecretRedactor, filtersInRow, redactText, secretForms } from '../lib/redact.js'
-import { OutputGuard, outputRules, type OutputRules } from '../lib/output-guard.js'
-import { UsageReader } from '../lib/usage-tap.js'
+import { REDACTED, SecretRedactor, filtersInRow, redactText, secretForms } from '../plugins/upstream/redact.js'
+import { OutputGuard, outputRules, type OutputRules } from '../plugins/prompt-filter/output-guard.js'
+import { UsageReader } from '../routes/proxy/usage-tap.js'
 import { canaryKey } from './helper.js'
 
 const through = (secrets: string[], chunks: string[]) => text(Readable.from(chunks.map((c) => Buffer.from(c))).pipe(new SecretRedactor(secrets)))

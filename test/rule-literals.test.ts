@@ -1,9 +1,9 @@
 import fc from 'fast-check'
 import { RE2JS, RE2Set } from 're2js'
 import t from 'tap'
-import { compileRules, PHRASE_SEPARATOR, RuleSet } from '../lib/filter-rules.js'
-import { normalise } from '../lib/normalise.js'
-import { requiredLiterals } from '../lib/rule-literals.js'
+import { compileRules, PHRASE_SEPARATOR, RuleSet } from '../plugins/prompt-filter/filter-rules.js'
+import { normalise } from '../plugins/prompt-filter/normalise.js'
+import { requiredLiterals } from '../plugins/prompt-filter/rule-literals.js'
 
 /*
  * The screen in front of the filter's automaton must never change a verdict: every match contains what the

@@ -1,8 +1,8 @@
 import type { FastifyBaseLogger } from 'fastify'
 import t from 'tap'
-import { RuleSet } from '../lib/filter-rules.js'
-import { normalise } from '../lib/normalise.js'
-import { firstMatch, RuleWorker, WORKER_MIN_CHARS } from '../lib/rule-worker.js'
+import { RuleSet } from '../plugins/prompt-filter/filter-rules.js'
+import { normalise } from '../plugins/prompt-filter/normalise.js'
+import { firstMatch, RuleWorker, WORKER_MIN_CHARS } from '../plugins/prompt-filter/rule-worker.js'
 import { chatBody, proxyTest } from './helper.js'
 
 /*

@@ -1,7 +1,7 @@
 import fc from 'fast-check'
 import t from 'tap'
 import { FrameSplitter } from '../lib/sse-frames.js'
-import { OutputGuard, outputRules, type OutputRules } from '../lib/output-guard.js'
+import { OutputGuard, outputRules, type OutputRules } from '../plugins/prompt-filter/output-guard.js'
 
 /*
  * The SSE frame splitter: the same frames as "anything up to the first blank line" read over the whole

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module'
 import t from 'tap'
-import { Agent, request } from '../lib/undici-core.js'
+import { Agent, request } from '../plugins/upstream/undici-core.js'
 
 t.test('the pieces loaded on their own are the package\'s own Agent and request', async (t) => {
   const undici = await import('undici')

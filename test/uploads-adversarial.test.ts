@@ -253,7 +253,7 @@ proxyTest(t, 'framing: chunked uploads, Expect: 100-continue, lying lengths, HTT
   // (and its cost) whose answer is thrown away. Racy: depends on whether the parser reaches it before the close.
   await sleep(200)
   t.equal(h.upstream.requests.length, behindRefusal.before, 'a request pipelined behind a refused upload is not forwarded',
-    { todo: 'BUG (minor, racy): plugins/form-body.ts `release` resumes the socket into the HTTP parser, so a request pipelined behind a refused upload can be forwarded upstream although its answer is discarded' })
+    { todo: 'BUG (minor, racy): plugins/form-body/index.ts `release` resumes the socket into the HTTP parser, so a request pipelined behind a refused upload can be forwarded upstream although its answer is discarded' })
 
   const both = await send(h, body, { headers: { 'transfer-encoding': 'chunked' } })
   t.match(both.responses.map((r) => r.statusCode), [400], 'Content-Length and Transfer-Encoding together: 400 at the parser')

@@ -351,7 +351,7 @@ t.test('U06: malformed upstream responses', async (t) => {
  * A stream that fails before its first body byte (the client has no headers yet: Fastify sends them with
  * the first chunk) is answered with the catalogue's 502/504, not a 500, and the error is logged without
  * the raw upstream bytes an HTTPParserError carries (here an echoed key). Found by these tests; fixed in
- * lib/stream-chain.ts (the failure is mapped before the response fails) and plugins/error-handler.ts.
+ * routes/proxy/stream-chain.ts (the failure is mapped before the response fails) and plugins/error-handler/index.ts.
  */
 
 const firstByteCases: Array<{ name: string, answer: Answer }> = [

@@ -3,8 +3,8 @@ import { text } from 'node:stream/consumers'
 import t from 'tap'
 import { goDuration, retryHeaders } from '../lib/durations.js'
 import { outputCap } from '../lib/token-estimate.js'
-import { SecretRedactor } from '../lib/redact.js'
-import { UsageReader, lastTotalTokens, watchUsage, type UsageTapOptions } from '../lib/usage-tap.js'
+import { SecretRedactor } from '../plugins/upstream/redact.js'
+import { UsageReader, lastTotalTokens, watchUsage, type UsageTapOptions } from '../routes/proxy/usage-tap.js'
 
 /** The stream stage the proxy route builds: the redactor (here with no secrets) with the reader before it. */
 const usageStage = (opts: UsageTapOptions) => new SecretRedactor([], new UsageReader(opts))

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream'
 import { text } from 'node:stream/consumers'
 import t from 'tap'
-import { WHOLE_ANSWER_LIMIT, mayReadWhole, readSmall } from '../lib/whole-answer.js'
+import { WHOLE_ANSWER_LIMIT, mayReadWhole, readSmall } from '../routes/proxy/whole-answer.js'
 
 const chunks = (sizes: number[]) => sizes.map((n, i) => Buffer.alloc(n, 97 + (i % 26)))
 

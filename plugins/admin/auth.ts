@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyRequest, onRequestAsyncHookHandler } from 
 import { proxyError } from '../../errors.js'
 import { addressKey } from '../../lib/client-address.js'
 import { retryHeaders } from '../../lib/durations.js'
-import { matchKey } from '../auth.js'
+import { matchKey } from '../auth/index.js'
 
 /*
  * Who may call the admin API: whoever presents ADMIN_KEY, and nobody else (a proxy key or a client key is
@@ -16,7 +16,7 @@ export const ADMIN_FAILURES_PER_MINUTE = 10
 
 /**
  * The keys presented: `Authorization: Bearer <key>` and `x-admin-key: <key>` (for tools whose
- * Authorization header is already taken), each by the Bearer rule of plugins/auth.ts (printable ASCII).
+ * Authorization header is already taken), each by the Bearer rule of plugins/auth/index.ts (printable ASCII).
  */
 function presented (request: FastifyRequest): string[] {
   const keys: string[] = []

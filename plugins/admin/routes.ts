@@ -3,8 +3,8 @@ import { proxyError } from '../../errors.js'
 import { addKey, draftKey, KeyInputError, KeyNotFoundError, keyView, removeKey, rotateKey, setDisabled, updateKey, type KeyRecordChange } from '../client-keys/operations.js'
 import { KeysFileError } from '../client-keys/records.js'
 import type { OaiProxyClientKeys } from '../client-keys/store.js'
-import type { ClientKeyRecord } from '../../schemas/client-keys.js'
-import { CreateKeyBodySchema, DeletedKeySchema, KeyIdParamsSchema, KeyListSchema, KeyUsageSchema, KeyViewSchema, KeyWithSecretSchema, UpdateKeyBodySchema, type CreateKeyBody, type KeyIdParams, type UpdateKeyBody } from '../../schemas/admin.js'
+import type { ClientKeyRecord } from '../client-keys/schema.js'
+import { CreateKeyBodySchema, DeletedKeySchema, KeyIdParamsSchema, KeyListSchema, KeyUsageSchema, KeyViewSchema, KeyWithSecretSchema, UpdateKeyBodySchema, type CreateKeyBody, type KeyIdParams, type UpdateKeyBody } from './schema.js'
 
 export interface AdminRoutesOptions {
   /** The client key records; undefined when the proxy has none configured (every key route answers 400). */
@@ -101,7 +101,7 @@ const adminRoutes: FastifyPluginAsync<AdminRoutesOptions> = async (app, opts) =>
   app.get<{ Params: KeyIdParams }>('/keys/:id/usage', { schema: { ...byId, response: { 200: KeyUsageSchema } } }, async (request) => {
     const record = await find(request.params.id)
     const { tokensPerDay, tokensPerMonth, requestsPerDay } = record.limits ?? {}
-    // The quota account of a client key is its record id (plugins/auth.ts).
+    // The quota account of a client key is its record id (plugins/auth/index.ts).
     const usage = await app.oaiProxyLimits.store.quotaUsage(record.id, Date.now())
     return { id: record.id, quotas: { tokensPerDay, tokensPerMonth, requestsPerDay }, usage }
   })

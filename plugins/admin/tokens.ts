@@ -5,7 +5,7 @@ import { BrowserTokenError, DEFAULT_TTL_SECONDS, tokenClientId } from '../client
 import type { OaiProxyClientKeys } from '../client-keys/store.js'
 import { normaliseOrigin } from '../client-keys/token-scopes.js'
 import { answer } from './routes.js'
-import { MintedTokenSchema, MintTokenBodySchema, type MintTokenBody } from '../../schemas/admin.js'
+import { MintedTokenSchema, MintTokenBodySchema, type MintTokenBody } from './schema.js'
 
 export interface AdminTokensOptions {
   /** The suite's minter and the records it reads; undefined without TOKEN_SECRETS (the route answers 400). */

@@ -1,5 +1,5 @@
 import { resolve } from 'node:path'
-import type { ClientKeyRecord } from '../../schemas/client-keys.js'
+import type { ClientKeyRecord } from './schema.js'
 import { RedisConnection, UsageError } from './cli-redis.js'
 import { readKeysFile, updateKeysFile } from './file-io.js'
 import { DEFAULT_PREFIX, RedisRecords } from './redis-records.js'

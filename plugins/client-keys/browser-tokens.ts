@@ -2,7 +2,7 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { OriginMatcher } from '../../lib/origins.js'
-import { ClientKeyScopesSchema, KEY_ID_PATTERN, type ClientKeyScopes, type OaiProxyClient } from '../../schemas/client-keys.js'
+import { ClientKeyScopesSchema, KEY_ID_PATTERN, type ClientKeyScopes, type OaiProxyClient } from './schema.js'
 import type { ClientKeyEntry } from './records.js'
 import { narrowed, normaliseOrigin, widerThan } from './token-scopes.js'
 

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs'
-import { MemoryQuotas, RedisQuotas, type QuotaUsage } from '../../lib/quota-store.js'
-import type { ClientKeyRecord } from '../../schemas/client-keys.js'
+import { MemoryQuotas, RedisQuotas, type QuotaUsage } from './quota-store.js'
+import type { ClientKeyRecord } from './schema.js'
 import type { RecordsBackend, StoreSpec } from './backend.js'
 import { RedisConnection } from './cli-redis.js'
 import { KeyNotFoundError } from './operations.js'

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util'
-import type { ClientKeyLimits, ClientKeyRecord } from '../../schemas/client-keys.js'
+import type { ClientKeyLimits, ClientKeyRecord } from './schema.js'
 import { openBackend, STORE_OPTIONS, storeSpec, type RecordsBackend } from './backend.js'
 import { UsageError } from './cli-redis.js'
 import { runTokenCli } from './cli-token.js'

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { closeSync, copyFileSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
-import type { ClientKeyRecord } from '../../schemas/client-keys.js'
+import type { ClientKeyRecord } from './schema.js'
 import { KeysFileError, parseKeysFile, serializeKeys } from './records.js'
 
 /*

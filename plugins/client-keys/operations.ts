@@ -1,5 +1,5 @@
 import { TypeCompiler, type ValueError } from '@sinclair/typebox/compiler'
-import { ClientKeyRecordSchema, DISPLAY_PREFIX_LENGTH, type ClientKeyLimits, type ClientKeyRecord, type ClientKeyScopes } from '../../schemas/client-keys.js'
+import { ClientKeyRecordSchema, DISPLAY_PREFIX_LENGTH, type ClientKeyLimits, type ClientKeyRecord, type ClientKeyScopes } from './schema.js'
 import { hashSecret, newKeyId, newSecret, SCOPE_ENDPOINT_IDS } from './records.js'
 
 /*

@@ -2,7 +2,7 @@ import { hash, randomBytes } from 'node:crypto'
 import { TypeCompiler, type ValueError } from '@sinclair/typebox/compiler'
 import type { FastifyRequest } from 'fastify'
 import { endpoints } from '../../schemas/endpoints.js'
-import { CLIENT_LIMIT_FIELDS, CLIENT_QUOTA_FIELDS, ClientKeyRecordSchema, REALTIME_SCOPE, SECRET_PATTERN, type ClientKeyRecord, type ClientLimits, type ClientQuota } from '../../schemas/client-keys.js'
+import { CLIENT_LIMIT_FIELDS, CLIENT_QUOTA_FIELDS, ClientKeyRecordSchema, REALTIME_SCOPE, SECRET_PATTERN, type ClientKeyRecord, type ClientLimits, type ClientQuota } from './schema.js'
 
 /*
  * Client key records: the file format (JSON Lines), the in-memory index auth reads, and the secrets.

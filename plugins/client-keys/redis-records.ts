@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis'
-import type { ClientKeyRecord } from '../../schemas/client-keys.js'
+import type { ClientKeyRecord } from './schema.js'
 import { KeysFileError, parseKeysFile, serializeKeys } from './records.js'
 import type { KeyRecordChange } from './store.js'
 

@@ -1,9 +1,9 @@
 import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../../errors.js'
-import { anyGlob } from '../../lib/policy-rules.js'
+import { anyGlob } from '../request-policy/policy-rules.js'
 import { analysisOf, decorateAnalysis, requestedModel, type RequestAnalysis } from '../../lib/request-analysis.js'
-import { REALTIME_SCOPE } from '../../schemas/client-keys.js'
+import { REALTIME_SCOPE } from './schema.js'
 import { clientKeyOf, type ClientKeyEntry } from './records.js'
 
 /*

@@ -1,4 +1,4 @@
-import type { ClientKeyRecord } from '../../schemas/client-keys.js'
+import type { ClientKeyRecord } from './schema.js'
 import type { ClientKeyEntry, ClientKeyIndex, ClientKeyLookup } from './records.js'
 
 /*

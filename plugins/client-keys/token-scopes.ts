@@ -1,5 +1,5 @@
-import { globMatch } from '../../lib/policy-rules.js'
-import type { ClientKeyScopes } from '../../schemas/client-keys.js'
+import { globMatch } from '../request-policy/policy-rules.js'
+import type { ClientKeyScopes } from './schema.js'
 import { SCOPE_ENDPOINT_IDS, type ClientKeyEntry } from './records.js'
 
 /*

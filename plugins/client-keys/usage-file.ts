@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 import { readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import type { FastifyPluginAsync } from 'fastify'
-import type { MemoryQuotas, QuotaSnapshot } from '../../lib/quota-store.js'
+import type { MemoryQuotas, QuotaSnapshot } from './quota-store.js'
 
 export interface UsageFileOptions {
   /** Where the quota counters are kept between restarts: `<KEYS_FILE>.usage.json` by default. */

@@ -1,14 +1,14 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../../errors.js'
-import { presentedKey, type OaiProxyClient } from '../../plugins/auth.js'
+import { presentedKey, type OaiProxyClient } from '../../plugins/auth/index.js'
 import type { ClientKeyLookup } from '../../plugins/client-keys/records.js'
 import { TOKEN_PREFIX, type BrowserTokenVerifier } from '../../plugins/client-keys/browser-tokens.js'
-import { SECRET_PREFIX } from '../../schemas/client-keys.js'
+import { SECRET_PREFIX } from '../../plugins/client-keys/schema.js'
 import { STATUS_CSP, statusHtml } from './html.js'
 import { statusView, type StatusFacts } from './view.js'
 
 export interface StatusRouteOptions extends StatusFacts {
-  /** The proxy keys' ids (plugins/auth.ts `clientKeys`). */
+  /** The proxy keys' ids (plugins/auth/index.ts `clientKeys`). */
   proxyKeys: { size: number, idOf: (presented: string) => string | null }
   /** Client key records, when configured. */
   records?: ClientKeyLookup | undefined

@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify'
-import type { OaiProxyClient } from '../../plugins/auth.js'
+import type { OaiProxyClient } from '../../plugins/auth/index.js'
 import type { EndpointDefinition } from '../../schemas/endpoints.js'
 import { usageView } from '../usage.js'
 
