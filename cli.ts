@@ -14,12 +14,12 @@ export async function dispatch (argv: readonly string[], env: Record<string, str
     const { runKeysCli } = await import('./plugins/client-keys/cli.js')
     return await runKeysCli(argv.slice(1), env, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) })
   }
-  /* c8 ignore next -- the real server: started through the command (a child) in test/client-keys-e2e.test.ts */
+  /* c8 ignore next -- the real server: started through the command (a child) in test/plugins/client-keys/client-keys-e2e.test.ts */
   await (start ?? (await import('./server.js')).main)()
   return undefined
 }
 
-/* c8 ignore start -- the command itself: run as a child (no coverage hooks) by test/client-keys-e2e.test.ts */
+/* c8 ignore start -- the command itself: run as a child (no coverage hooks) by test/plugins/client-keys/client-keys-e2e.test.ts */
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
   const code = await dispatch(process.argv.slice(2), process.env)
   if (code !== undefined) process.exitCode = code

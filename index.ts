@@ -22,7 +22,7 @@ export { oaiProxyServerOptions, oaiProxyFrameworkErrors, oaiProxyClientErrorHand
 export { default as requestPolicy, type RequestPolicyOptions } from './plugins/request-policy/index.js'
 export { default as promptFilter, DEFAULT_REJECT_MESSAGE, type PromptFilterOptions } from './plugins/prompt-filter/index.js'
 export { normalise } from './plugins/prompt-filter/normalise.js'
-export { readConfig, ConfigError, type LoadedConfig, type ServerConfig } from './plugins/config/index.js'
+export { readConfig, ConfigError, type LoadedConfig, type ServerConfig } from './plugins/config/read-config.js'
 export { default as proxyRoutes, type ProxyRoutesOptions } from './routes/proxy/index.js'
 export { default as realtimeRoute, type RealtimeRouteOptions } from './routes/realtime/index.js'
 export { OaiProxyOptionsSchema, RateLimitOptionsSchema, type OaiProxyOptions, type RateLimitConfig } from './plugins/config/options.js'

@@ -5,7 +5,7 @@ import { pathToFileURL } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import oaiProxy from './app.js'
 import { limitConnections, oaiProxyExpectationHandler, oaiProxyServerOptions } from './lib/server-options.js'
-import { ConfigError, readConfig, type LoadedConfig } from './plugins/config/index.js'
+import { ConfigError, readConfig, type LoadedConfig } from './plugins/config/read-config.js'
 import { startFakeOpenAI, type FakeOpenAI } from './testing/fake-openai.js'
 
 /*

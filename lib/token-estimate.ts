@@ -2,7 +2,7 @@
  * Prompt-token estimates for admission (tokens per minute) without a tokenizer. The reservation is
  * settled with upstream's real `usage`, so an estimate only has to be cheap and not under the truth.
  * One estimate serves both encodings (o200k_base and cl100k_base): every weight below is the larger of
- * the two. Measured against gpt-tokenizer in test/token-estimate.test.ts; see docs/rate-limiting.md.
+ * the two. Measured against gpt-tokenizer in test/lib/token-estimate.test.ts; see docs/rate-limiting.md.
  *
  * The scan walks a simplified copy of the tokenizers' pre-split (words, 1-3 digit groups, punctuation
  * runs, whitespace runs) and charges each piece. A word costs one token plus extra for what BPE cannot

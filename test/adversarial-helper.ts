@@ -3,7 +3,7 @@ import { sleep } from './helper.js'
 import { parseResponses, type Seen } from './routing-shared.js'
 
 /*
- * Shared by test/uploads-adversarial.test.ts and test/realtime-adversarial.test.ts: a raw TCP client that
+ * Shared by test/plugins/form-body/uploads-adversarial.test.ts and test/routes/realtime/realtime-adversarial.test.ts: a raw TCP client that
  * controls every byte it writes (and when), records every byte it receives, and never waits unbounded.
  */
 

@@ -107,7 +107,7 @@ proxyTest(t, 'L10: utility URLs are 404 in OpenAI\'s envelope and expose nothing
       const res = await h.app.inject({ method: 'GET', url, headers })
       t.equal(res.statusCode, 200, `GET ${url} with ${who}`)
       t.match(res.headers['content-type'], /^application\/json/)
-      // The same shape test/key-injection.test.ts checks exactly, with the pool healthy.
+      // The same shape test/plugins/upstream/key-injection.test.ts checks exactly, with the pool healthy.
       t.strictSame(res.json(), { status: 'ok', upstream_keys: 'available', rate_limit_store: 'memory' }, `GET ${url} with ${who}: exactly the three fields`)
       const names = Object.keys(res.headers).filter((n) => !['date', 'connection', 'keep-alive', 'content-length'].includes(n)).sort()
       t.strictSame(names, ['content-type', 'x-proxy-request-id'], `GET ${url} with ${who}: no other headers`)

@@ -189,7 +189,7 @@ export async function refused (url: string, opts: Parameters<typeof connect>[1] 
   return c
 }
 
-/** A throwaway CA and a certificate it signed for 127.0.0.1 (as test/tls.test.ts makes them). */
+/** A throwaway CA and a certificate it signed for 127.0.0.1 (as test/plugins/upstream/tls.test.ts makes them). */
 export function makeCerts (): { ca: string, loopback: { key: string, cert: string } } {
   const dir = mkdtempSync(join(tmpdir(), 'oai-proxy-rt-tls-'))
   const run = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' })

@@ -37,7 +37,7 @@ const SERVED: Array<[RegExp, string]> = [
   [/^(?:\/v1)?\/realtime\/calls$/, 'POST']
 ]
 
-/** The upload routes (multipart bodies: test/uploads.test.ts sends them; the JSON route tests skip them). */
+/** The upload routes (multipart bodies: test/plugins/form-body/uploads.test.ts sends them; the JSON route tests skip them). */
 export const FORM_ROUTES: Array<{ method: 'POST', path: string }> = [
   { method: 'POST', path: '/audio/transcriptions' },
   { method: 'POST', path: '/audio/translations' },

@@ -7,7 +7,7 @@ import { scriptMatcher } from '../prompt-filter/script-rule.js'
 
 /*
  * REJECT_*, MODERATION_*, ALLOWED_* and friends -> the `filter`, `policy` and `logPrompts` options. Used by
- * `plugins/config/index.ts` only. Each rule is checked here already, so a bad line stops start-up with the
+ * `plugins/config/read-config.ts` only. Each rule is checked here already, so a bad line stops start-up with the
  * variable and line number in the message, not an option path the operator never wrote.
  */
 

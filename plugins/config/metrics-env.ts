@@ -3,7 +3,7 @@ import type { MetricsOptions } from '../metrics/options.js'
 
 /**
  * METRICS, METRICS_KEY, METRICS_PORT, METRICS_CLIENT_LABELS and STATUS_PAGE -> options; read only by
- * plugins/config/index.ts. Errors name the variable, never its value.
+ * plugins/config/read-config.ts. Errors name the variable, never its value.
  */
 export function metricsFromEnv (env: Env): { metrics?: MetricsOptions, statusPage?: boolean } {
   const out: { metrics?: MetricsOptions, statusPage?: boolean } = env.STATUS_PAGE === undefined ? {} : { statusPage: env.STATUS_PAGE }

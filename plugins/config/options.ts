@@ -7,7 +7,7 @@ import type { ResolveClient } from '../auth/index.js'
 
 /*
  * The options of the suite plugin (`oaiProxy`). Library users pass these directly; `server.ts` derives them
- * from the environment (`plugins/config/index.ts`). Defaults live in `resolveOptions`, not here, so the schema
+ * from the environment (`plugins/config/read-config.ts`). Defaults live in `resolveOptions`, not here, so the schema
  * stays a pure check.
  */
 
@@ -140,7 +140,7 @@ export type OaiProxyOptions = Static<typeof OaiProxyOptionsSchema>
 
 /**
  * The environment `server.ts` reads. Names follow ARCHITECTURE §5; the original oai-reverse-proxy's names
- * are accepted where it had one. Everything is a string here; `plugins/config/index.ts` turns them into options.
+ * are accepted where it had one. Everything is a string here; `plugins/config/read-config.ts` turns them into options.
  */
 const Int = (min: number, max: number) => Type.Optional(Type.Integer({ minimum: min, maximum: max }))
 

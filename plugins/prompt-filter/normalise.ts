@@ -41,7 +41,7 @@ for (const [from, to] of Object.entries(confusables)) {
   if (/^[\x20-\x7e]+$/.test(ascii)) replace(cp, ascii)
 }
 // Full case folding where it differs from lower-casing (JS has no NFKC_Casefold): ß/ss, and final sigma
-// read as the sigma the table knows (`o`; test/normalise.test.ts checks they stay the same).
+// read as the sigma the table knows (`o`; test/plugins/prompt-filter/normalise.test.ts checks they stay the same).
 replace(0xdf, 'ss')
 replace(0x3c2, BMP[0x3c3] as string)
 // Marks, default-ignorables and format characters live in planes 0, 1 and 14 (tags, variation selectors).

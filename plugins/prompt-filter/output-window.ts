@@ -10,7 +10,7 @@ import type { RuleMatch, RuleSet } from './filter-rules.js'
  * screen match has at most `screenReach` characters, so a new one ends in the delta and starts at most that
  * far before it. Only that near end is screened, unless an earlier screen match may still be inside the
  * window: then (and on a near match) the whole window is screened and checked, as before. Same answers as
- * checking the whole window every time (test/output-window.test.ts). The window stays the one string it
+ * checking the whole window every time (test/plugins/prompt-filter/output-window.test.ts). The window stays the one string it
  * always was, replaced on every delta: held in pieces instead, it outlived the young generation's
  * collections and cost a stream more CPU than the copy it saved (docs/performance.md).
  */

@@ -5,7 +5,7 @@ import type { Agent as UndiciAgent, Dispatcher } from 'undici'
  * The two pieces of undici the proxy uses, loaded on their own. `import 'undici'` loads all of it (fetch,
  * WebSocket, EventSource, caches, mocks, proxies): ~9 MiB of resident memory and 3.6 MiB of heap in every
  * process, a tenth of an idle proxy, for code it never runs. undici has no `exports` map, so these paths
- * are public files; test/undici-core.test.ts checks that they are the very Agent and `request` the
+ * are public files; test/plugins/upstream/undici-core.test.ts checks that they are the very Agent and `request` the
  * package's index exports, so an upgrade that moves them fails loudly.
  *
  * `request` is called on the dispatcher rather than as a method: the index is what copies the API onto
