@@ -30,8 +30,7 @@ import { normaliseUpstreamUrl } from './plugins/upstream/upstream-url.js'
 import { watchClose } from './lib/response-close.js'
 import { firstError } from './lib/validator.js'
 import { outputRules } from './plugins/prompt-filter/output-guard.js'
-
-export const VERSION = '0.1.0'
+import { VERSION } from './lib/version.js'
 
 const checkOptions = TypeCompiler.Compile(OaiProxyOptionsSchema)
 const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])

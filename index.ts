@@ -2,7 +2,8 @@
  * oai-reverse-proxy as a library: the suite plugin, its building blocks, option types and errors.
  * `import oaiProxy from 'oai-reverse-proxy'` and `app.register(oaiProxy, { openaiKeys: [...] })`.
  */
-export { default, default as oaiProxy, resolveOptions, VERSION } from './app.js'
+export { default, default as oaiProxy, resolveOptions } from './app.js'
+export { VERSION } from './lib/version.js'
 export { default as auth, matchKey, type AuthOptions, type OaiProxyClient, type ResolveClient } from './plugins/auth/index.js'
 export { oaiProxyTokenMinter, type MintToken } from './plugins/client-keys/browser-token-plugin.js'
 export { mintBrowserToken, browserTokenVerifier, BrowserTokenError, type MintTokenOptions, type MintedToken, type BrowserTokenPayload } from './plugins/client-keys/browser-tokens.js'
@@ -16,7 +17,9 @@ export { default as requestGuard, type RequestGuardOptions } from './plugins/req
 export { default as errorHandler, type ErrorHandlerOptions } from './plugins/error-handler/index.js'
 export { default as limitStore, type LimitStoreOptions, type OaiProxyLimits } from './plugins/limits/store-plugin.js'
 export { default as abuseGuard, clientBans, type AbuseGuardOptions } from './plugins/limits/abuse-guard.js'
-export { default as rateLimit, limitKey, type RateLimitOptions } from './plugins/limits/rate-limit.js'
+export { default as rateLimit, type RateLimitOptions } from './plugins/limits/rate-limit.js'
+// Who a request is (auth's client, else the address's bucket): `limitKey` is its earlier name, kept for host apps.
+export { clientId, clientId as limitKey } from './lib/client-address.js'
 export { default as tokenBudget, type TokenBudgetOptions, type OaiProxyUsage } from './plugins/limits/token-budget.js'
 export { oaiProxyServerOptions, oaiProxyFrameworkErrors, oaiProxyClientErrorHandler, oaiProxyExpectationHandler, limitConnections, type ConnectionLimits } from './lib/server-options.js'
 export { default as requestPolicy, type RequestPolicyOptions } from './plugins/request-policy/index.js'

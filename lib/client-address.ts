@@ -28,3 +28,17 @@ export function addressKey (ip: string): string {
   }
   return key
 }
+
+/** The identity of a caller nobody authenticated: its address's bucket (above). */
+export function anonymousId (ip: string): string {
+  return `ip:${addressKey(ip)}`
+}
+
+/**
+ * Who a request is, in one place for auth, limits, bans and logs: the client auth identified (a key's id,
+ * a host-resolved id, or `anonymousId` when no key is required), else, where auth never ran, the address's
+ * bucket. `request.ip` honours TRUST_PROXY only as configured on the Fastify instance.
+ */
+export function clientId (request: { ip: string, oaiProxyClient?: { id: string } | null }): string {
+  return request.oaiProxyClient?.id ?? anonymousId(request.ip)
+}

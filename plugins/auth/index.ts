@@ -8,6 +8,7 @@ import { SECRET_PREFIX, type OaiProxyClient } from '../client-keys/schema.js'
 import { attachClientKey, type ClientKeyLookup } from '../client-keys/records.js'
 import { TOKEN_PREFIX, type BrowserTokenVerifier } from '../client-keys/browser-tokens.js'
 import { admitBrowserToken } from '../client-keys/browser-token-plugin.js'
+import { anonymousId } from '../../lib/client-address.js'
 
 /**
  * A host app's own identity check (session, JWT, API token). Resolve to `{ id }` for a known caller (the id
@@ -133,7 +134,7 @@ const auth: FastifyPluginAsync<AuthOptions> = async (app, opts) => {
       return
     }
     if (keys.size === 0 && records === undefined) {
-      request.oaiProxyClient = { id: `ip:${request.ip}`, kind: 'anonymous' }
+      request.oaiProxyClient = { id: anonymousId(request.ip), kind: 'anonymous' }
       return
     }
     const candidate = presentedKey(request)

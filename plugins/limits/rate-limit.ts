@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import { proxyError } from '../../errors.js'
 import { goDuration, retryHeaders } from '../../lib/durations.js'
-import { addressKey } from '../../lib/client-address.js'
+import { clientId } from '../../lib/client-address.js'
 
 export interface RateLimitOptions {
   /** Requests each client may make per window (`RATE_LIMIT_RPM`, or the original `MODEL_RATE_LIMIT`). 0 = no limit. */
@@ -17,16 +17,6 @@ export interface RateLimitOptions {
 const windowFor = (request: FastifyRequest, suite: number): number => request.oaiProxyClient?.limits?.requestsPerWindow ?? suite
 
 /**
- * Who a limit applies to: the authenticated client, or, for anonymous callers, the address (IPv6 by /64,
- * so rotating within one allocation does not buy new buckets). `request.ip` honours TRUST_PROXY only as
- * configured on the Fastify instance; forwarded-for headers from anyone else are ignored.
- */
-export function limitKey (request: FastifyRequest): string {
-  const client = request.oaiProxyClient
-  return client === null || client === undefined || client.kind === 'anonymous' ? `ip:${addressKey(request.ip)}` : client.id
-}
-
-/**
  * Requests per window per client (a client key's own limit, else the suite's), on @fastify/rate-limit's
  * stores. Runs in onRequest right after auth,
  * before the body is read, so a flood over the limit costs neither parsing nor upstream calls. Every
@@ -37,7 +27,7 @@ const rateLimit: FastifyPluginAsync<RateLimitOptions> = async (app, opts) => {
   const suite = opts.requestsPerWindow
   // A plain number unless some clients carry their own window: the store then skips a call per request.
   const max = opts.perClient === true ? (r: FastifyRequest) => windowFor(r, suite) : suite
-  const check = app.createRateLimit({ max, timeWindow: opts.windowMs, keyGenerator: (r) => `rpm:${limitKey(r)}` })
+  const check = app.createRateLimit({ max, timeWindow: opts.windowMs, keyGenerator: (r) => `rpm:${clientId(r)}` })
 
   app.addHook('onRequest', async (request, reply) => {
     if (windowFor(request, suite) <= 0) return

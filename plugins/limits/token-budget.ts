@@ -4,7 +4,7 @@ import { proxyError } from '../../errors.js'
 import { goDuration, retryHeaders } from '../../lib/durations.js'
 import { onResponseClose } from '../../lib/response-close.js'
 import { estimatePrompt, outputCap } from '../../lib/token-estimate.js'
-import { limitKey } from './rate-limit.js'
+import { clientId } from '../../lib/client-address.js'
 import { analysisOf, decorateAnalysis, type RequestAnalysis } from '../../lib/request-analysis.js'
 import type { QuotaGrant, QuotaName, TokenGrant } from './limit-store.js'
 import type { ClientQuota } from '../client-keys/schema.js'
@@ -23,14 +23,37 @@ export interface TokenBudgetOptions {
   perClient?: boolean
 }
 
-/** What the proxy route reports back about a request's real token use. */
-export interface OaiProxyUsage {
-  /** The proxy asked upstream for stream usage the client did not: hide the usage-only chunk. */
-  hideUsageChunk: boolean
-  /** Tokens upstream says the call used; 0 when upstream refused it; null when unknown (aborted, cut). */
-  totalTokens: number | null
+/**
+ * A request's token reservation, made at admission (below). The proxy route reports back on it through
+ * `settle` (upstream's `usage`) or `refund` (upstream billed nothing); nothing else changes it. When the
+ * response closes, every grant is settled with `totalTokens`, or the reservation stands when it is unknown.
+ */
+export class OaiProxyUsage {
   /** Tokens reserved at admission (what stands when `totalTokens` stays null); read by the metrics. */
-  reserved: number
+  readonly reserved: number
+  /** The proxy asked upstream for stream usage the client did not: hide the usage-only chunk. */
+  readonly hideUsageChunk: boolean
+  #total: number | null = null
+
+  constructor (reserved: number, hideUsageChunk: boolean) {
+    this.reserved = reserved
+    this.hideUsageChunk = hideUsageChunk
+  }
+
+  /** Tokens upstream says the call used; 0 when upstream refused it; null when unknown (aborted, cut). */
+  get totalTokens (): number | null {
+    return this.#total
+  }
+
+  /** Upstream's `usage` for the call: what the grants are settled with. */
+  settle (tokens: number): void {
+    this.#total = tokens
+  }
+
+  /** Upstream refused the call or was never reached: nothing was billed, so nothing is charged. */
+  refund (): void {
+    this.#total = 0
+  }
 }
 
 declare module 'fastify' {
@@ -123,13 +146,11 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
   function meter (request: FastifyRequest, reply: FastifyReply, reserved: number, settles: Array<(tokens: number) => Promise<void>>): void {
     const analysis = analysisOf(request) as RequestAnalysis
     const body = analysis.body as Record<string, unknown>
-    const usage: OaiProxyUsage = { hideUsageChunk: false, totalTokens: null, reserved }
     const streamOptions = body.stream_options as Record<string, unknown> | undefined
-    if (body.stream === true && analysis.endpoint.usage === 'stream-option' && streamOptions?.include_usage !== true) {
-      // We need the final usage chunk to settle; the client did not ask for it, so it will not see it.
-      setField(analysis, 'stream_options', { ...streamOptions, include_usage: true })
-      usage.hideUsageChunk = true
-    }
+    // We need the final usage chunk to settle; when the client did not ask for it, it will not see it.
+    const hideUsageChunk = body.stream === true && analysis.endpoint.usage === 'stream-option' && streamOptions?.include_usage !== true
+    if (hideUsageChunk) setField(analysis, 'stream_options', { ...streamOptions, include_usage: true })
+    const usage = new OaiProxyUsage(reserved, hideUsageChunk)
     request.oaiProxyUsage = usage
     onClose(reply, async () => {
       const total = usage.totalTokens
@@ -139,7 +160,7 @@ const tokenBudget: FastifyPluginAsync<TokenBudgetOptions> = async (app, opts) =>
 
   app.addHook('preHandler', async (request, reply) => {
     if (request.routeOptions.config.oaiProxyLocal === true) return
-    const client = limitKey(request)
+    const client = clientId(request)
     // A client's own limits (a client key's record) replace the suite's; its quotas come on top.
     const own = request.oaiProxyClient?.limits
     const quota = request.oaiProxyClient?.quota

@@ -69,11 +69,7 @@ export class ModerationClient {
     for (let at = 0; at < text.length; at += PIECE_CHARS) pieces.push(text.slice(at, at + PIECE_CHARS))
     const body = JSON.stringify({ model: this.#s.model, input: pieces.length === 1 ? pieces[0] : pieces })
     const { dispatcher, origin, basePath } = this.#upstream
-    const tried = new Set<string>()
-    for (;;) {
-      const key = this.#keys.pool.acquire(tried)
-      if (key === undefined) return { ok: false, reason: 'no usable upstream key' }
-      tried.add(key.id)
+    for (const key of this.#keys.pool.rotation()) {
       const headers = upstreamRequestHeaders({}, { key: key.key, organization: this.#keys.organization, project: this.#keys.project, userAgent: this.#s.userAgent }, 'application/json')
       let status: number
       let answer: string | null
@@ -88,13 +84,10 @@ export class ModerationClient {
       if (status >= 200 && status < 300) return parseAnswer(answer)
       const verdict = judgeUpstreamError(status, answer, undefined, this.#keys.secrets)
       log.warn({ status, key: key.id }, 'oai-proxy: moderation call refused upstream')
-      if (verdict.disable !== undefined) {
-        this.#keys.pool.disable(key.id, verdict.disable)
-        continue
-      }
-      if (verdict.coolDownMs !== undefined) this.#keys.pool.coolDown(key.id, verdict.coolDownMs)
+      if (this.#keys.pool.settle(key.id, verdict)) continue
       return { ok: false, reason: `upstream status ${status}` }
     }
+    return { ok: false, reason: 'no usable upstream key' }
   }
 }
 

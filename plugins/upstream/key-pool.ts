@@ -85,6 +85,33 @@ export class KeyPool {
     return chosen
   }
 
+  /**
+   * The keys to try for one upstream call, best first, each at most once (a key taken out of rotation
+   * meanwhile is skipped). The one rotation every caller walks: the proxy route, the Realtime handshake and
+   * the moderation client.
+   */
+  * rotation (): Generator<PooledKey, void, undefined> {
+    const tried = new Set<string>()
+    for (let key = this.acquire(tried); key !== undefined; key = this.acquire(tried)) {
+      tried.add(key.id)
+      yield key
+    }
+  }
+
+  /**
+   * What upstream's refusal of a call (plugins/upstream/upstream-errors.ts) means for the key that made it:
+   * taken out of rotation (true: the caller tries the next key; nothing was billed), rested after a rate
+   * limit, or nothing.
+   */
+  settle (id: string, verdict: { disable?: KeyDisableReason | undefined, coolDownMs?: number | undefined }): boolean {
+    if (verdict.disable !== undefined) {
+      this.disable(id, verdict.disable)
+      return true
+    }
+    if (verdict.coolDownMs !== undefined) this.coolDown(id, verdict.coolDownMs)
+    return false
+  }
+
   disable (id: string, reason: KeyDisableReason): void {
     const k = this.#byId.get(id)
     if (k === undefined || k.disabled !== null) return

@@ -59,7 +59,7 @@ function usageReader (request: FastifyRequest, source: Readable, contentType: st
   if (usage === null || usage === undefined) return undefined
   const mode = contentType?.startsWith('text/event-stream') === true ? 'sse' : contentType?.includes('json') === true ? 'json' : undefined
   if (mode === undefined) return undefined
-  const onUsage = (n: number) => { usage.totalTokens = n }
+  const onUsage = (n: number) => { usage.settle(n) }
   if (mode === 'sse' && usage.hideUsageChunk) return new UsageReader({ mode, hideUsageChunk: true, onUsage })
   watchUsage(source, { mode, onUsage })
   return undefined
@@ -130,14 +130,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
       metrics?.aborted(request)
     })
 
-    const tried = new Set<string>()
-    for (;;) {
-      const key = keys.pool.acquire(tried)
-      if (key === undefined) {
-        if (request.oaiProxyUsage) request.oaiProxyUsage.totalTokens = 0
-        throw proxyError('NO_UPSTREAM_KEYS', [], { headers: { 'x-should-retry': 'false' } })
-      }
-      tried.add(key.id)
+    for (const key of keys.pool.rotation()) {
       const headers = upstreamRequestHeaders(request.headers, { key: key.key, organization: keys.organization, project: keys.project, userAgent: opts.userAgent }, bodyType)
 
       let res
@@ -152,7 +145,7 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
         const code = errorCode(err)
         request.log.warn({ code, key: key.id, aborted: abort.aborted }, 'oai-proxy: upstream request failed')
         // Never connected: upstream cannot have billed anything, so a token reservation is refunded.
-        if (request.oaiProxyUsage && CONNECT_FAILURE.test(code)) request.oaiProxyUsage.totalTokens = 0
+        if (CONNECT_FAILURE.test(code)) request.oaiProxyUsage?.refund()
         throw upstreamFailure(err)
       }
 
@@ -186,7 +179,8 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
           }
           if (whole !== null) {
             metrics?.upstreamDone(request, reply)
-            if (request.oaiProxyUsage) request.oaiProxyUsage.totalTokens = lastTotalTokens(whole)
+            const used = lastTotalTokens(whole)
+            if (used !== null) request.oaiProxyUsage?.settle(used)
             const filtered = shape === undefined ? null : await checkWholeAnswer(shape, whole, opts.output as OutputRules)
             if (filtered !== null) outputFiltered(filtered.rule)
             return reply.code(status).headers(clientResponseHeaders(res.headers)).send(redactBytes(filtered?.body ?? whole, keys.secrets))
@@ -232,18 +226,18 @@ function forwarder (app: FastifyInstance, opts: ProxyRoutesOptions, guard: Strea
       }
       metrics?.upstreamDone(request, reply)
       const verdict = judgeUpstreamError(status, text, firstHeader(res.headers['retry-after']), keys.secrets)
-      if (verdict.disable !== undefined) {
-        keys.pool.disable(key.id, verdict.disable)
+      if (keys.pool.settle(key.id, verdict)) {
         request.log.warn({ key: key.id, reason: verdict.disable }, 'oai-proxy: upstream key taken out of rotation')
         // An upload was read as it went: it cannot be sent again on the next key. The SDKs retry a 503.
         if (body instanceof Readable) throw proxyError('UPSTREAM_KEY_FAILED', [], { headers: { 'retry-after': '0' } })
         continue
       }
-      if (verdict.coolDownMs !== undefined) keys.pool.coolDown(key.id, verdict.coolDownMs)
       // Upstream refused the call: nothing was billed, so a token reservation is refunded.
-      if (request.oaiProxyUsage) request.oaiProxyUsage.totalTokens = 0
+      request.oaiProxyUsage?.refund()
       return reply.code(verdict.status).headers(clientResponseHeaders(res.headers)).type('application/json').send(verdict.body)
     }
+    request.oaiProxyUsage?.refund()
+    throw proxyError('NO_UPSTREAM_KEYS', [], { headers: { 'x-should-retry': 'false' } })
   }
 }
 

@@ -12,7 +12,7 @@ import { Relay } from './relay.js'
 import { budgetRefusal, SessionEvents, TPM_WINDOW_MS } from './session.js'
 import { connectUpstream } from './upstream.js'
 import { listenForUpgrades, takeUpgrade } from '../../lib/realtime-upgrade.js'
-import { limitKey } from '../../plugins/limits/rate-limit.js'
+import { clientId } from '../../lib/client-address.js'
 import type { RequestPolicyConfig } from '../../plugins/request-policy/schema.js'
 
 export interface RealtimeRouteOptions {
@@ -98,7 +98,7 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
   async function admitTokens (request: FastifyRequest): Promise<void> {
     const limit = tokensPerMinute(request)
     if (limit <= 0) return
-    const grant = await store.reserveTokens(limitKey(request), 0, limit, TPM_WINDOW_MS)
+    const grant = await store.reserveTokens(clientId(request), 0, limit, TPM_WINDOW_MS)
     if (grant.used >= limit) {
       const r = budgetRefusal(limit, grant.used, grant.resetMs)
       throw proxyError('TOKENS_LIMITED', [r.message], { headers: retryHeaders(grant.resetMs) })
@@ -141,7 +141,7 @@ const realtimeRoute: FastifyPluginAsync<RealtimeRouteOptions> = async (app, opts
   }
 
   function relay (request: FastifyRequest, reply: FastifyReply, client: WebSocket, upstream: WebSocket, keyId: string, model: string): void {
-    const who = limitKey(request)
+    const who = clientId(request)
     const events = new SessionEvents({ policy: opts.policy, filter, maxJsonDepth: opts.maxJsonDepth, logPrompts: opts.logPrompts, secrets: keys.secrets, tokensPerMinute: tokensPerMinute(request), store, client: who, quota: request.oaiProxyClient?.quota, log: request.log })
     const session = new Relay(client, upstream, {
       idleTimeoutMs: opts.idleTimeoutMs,

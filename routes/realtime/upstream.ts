@@ -67,11 +67,7 @@ function attempt (url: string, options: ClientOptions, timeoutMs: number): Promi
  * until then (its socket is not read before the upgrade): the handshake is bounded by `timeoutMs`.
  */
 export async function connectUpstream (opts: ConnectOptions): Promise<Connected> {
-  const tried = new Set<string>()
-  for (;;) {
-    const key = opts.pool.acquire(tried)
-    if (key === undefined) throw proxyError('NO_UPSTREAM_KEYS', [], { headers: { 'x-should-retry': 'false' } })
-    tried.add(key.id)
+  for (const key of opts.pool.rotation()) {
     const r = await attempt(opts.url, { ...opts.ws, headers: opts.headers(key.key) }, opts.timeoutMs)
     if ('ws' in r) return { ws: r.ws, keyId: key.id }
     if ('failure' in r) {
@@ -81,13 +77,12 @@ export async function connectUpstream (opts: ConnectOptions): Promise<Connected>
     // A redirect or a 2xx that is not a WebSocket answer: something between us and OpenAI is wrong.
     if (r.status < 400) throw proxyError('UPSTREAM_BAD_RESPONSE')
     const verdict = judgeUpstreamError(r.status, r.text, r.headers['retry-after'], opts.secrets)
-    if (verdict.disable !== undefined) {
-      opts.pool.disable(key.id, verdict.disable)
+    if (opts.pool.settle(key.id, verdict)) {
       opts.log.warn({ key: key.id, reason: verdict.disable }, 'oai-proxy: upstream key taken out of rotation')
       continue
     }
-    if (verdict.coolDownMs !== undefined) opts.pool.coolDown(key.id, verdict.coolDownMs)
     const headers = clientResponseHeaders(r.headers as Record<string, string | string[] | undefined>)
     return { answer: { status: verdict.status, headers, body: verdict.body } }
   }
+  throw proxyError('NO_UPSTREAM_KEYS', [], { headers: { 'x-should-retry': 'false' } })
 }

@@ -125,7 +125,7 @@ proxyTest(t, 'RL05: behind a trusted proxy, forwarded IPv6 addresses are grouped
   t.strictSame([await via('2001:db8:9:9::1'), await via('2001:db8:9:9::2'), await via('2001:db8:9:a::1')], [200, 429, 200])
 })
 
-proxyTest(t, 'RL05: the concurrency cap (limitKey, shared with the token budget) keys anonymous IPv6 callers by /64 as well', {
+proxyTest(t, 'RL05: the concurrency cap (clientId, shared with the token budget) keys anonymous IPv6 callers by /64 as well', {
   proxy: { proxyKeys: [], rateLimit: { maxConcurrent: 1 } }
 }, async (h, t) => {
   h.upstream.script((r) => (r.url === '/v1/chat/completions' ? { kind: 'delay', ms: 500, then: { kind: 'json', body: { id: 'c', object: 'chat.completion', choices: [] } } } : undefined))
