@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream'
  * request guard refuses on every other route; the route puts it back for the WebSocket handshake.
  */
 
-export const KEY_PROTOCOL = 'openai-insecure-api-key.'
+const KEY_PROTOCOL = 'openai-insecure-api-key.'
 
 export interface PendingUpgrade {
   socket: Duplex

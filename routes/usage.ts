@@ -16,7 +16,7 @@ declare module 'fastify' {
 }
 
 /** Where a key holder reads their own usage: under `/v1/proxy/`, a namespace OpenAI does not use. */
-export const USAGE_PATH = '/v1/proxy/usage'
+const USAGE_PATH = '/v1/proxy/usage'
 
 function quotaView (quotas: Quotas, usage: QuotaUsage) {
   const one = (limit: number | undefined, used: number, resetsAt: string) =>

@@ -109,8 +109,6 @@ export const endpoints: readonly EndpointDefinition[] = [
   { id: 'models.retrieve', method: 'GET', path: '/models/:model', params: ModelParamsSchema, streams: false, outputCapFields: [], model: { in: 'params', required: true }, prompt: null }
 ]
 
-export type EndpointId = string
-
 /**
  * The upstream path for a matched route: constant, with each parameter encoded as one segment. The router
  * matched this row's path, so every parameter it names is in `params`.

@@ -18,9 +18,9 @@ export const TOKEN_PREFIX = 'oarpt.'
 /** Longest token accepted or minted; a longer one is refused before any hashing. */
 export const MAX_TOKEN_LENGTH = 4096
 export const DEFAULT_TTL_SECONDS = 15 * 60
-export const MAX_TTL_SECONDS = 24 * 3600
+const MAX_TTL_SECONDS = 24 * 3600
 /** How far in the future `iat` may be (the minter's clock ahead of ours). */
-export const CLOCK_SKEW_SECONDS = 30
+const CLOCK_SKEW_SECONDS = 30
 export const MIN_SECRET_LENGTH = 32
 
 const SUB_PATTERN = '^[\\x21-\\x7e]{1,128}$'

@@ -12,7 +12,7 @@ import { KeyNotFoundError } from './operations.js'
 export class UsageError extends Error {}
 
 /** Redis could not be used: exit 1. The message names host:port, never a password. */
-export class RedisUnavailableError extends Error {}
+class RedisUnavailableError extends Error {}
 
 /** host:port of a redis:// URL; a URL we cannot read is a command-line error, and its text is not echoed. */
 export function redisAddress (url: string): string {

@@ -13,7 +13,7 @@ import { BrowserTokenError, mintBrowserToken, MIN_SECRET_LENGTH } from './browse
 
 export interface TokenCliIo { out: (text: string) => void, err: (text: string) => void }
 
-export const TOKEN_USAGE = `Usage: oai-reverse-proxy keys token --key <key_…> --sub <user> --origin <https://app.example>
+const TOKEN_USAGE = `Usage: oai-reverse-proxy keys token --key <key_…> --sub <user> --origin <https://app.example>
          [--ttl <seconds, default 900, at most 86400>] [--models 'gpt-4o-mini'] [--endpoints chat.completions]
          [--file <path>] (default: $KEYS_FILE) or [--store redis] (default: $KEYS_STORE) [--redis-url <url>] (default: $REDIS_URL)
          [--json]

@@ -203,4 +203,3 @@ export const keyView = (r: ClientKeyRecord) => ({
   limits: r.limits ?? {},
   metadata: r.metadata
 })
-export type KeyView = ReturnType<typeof keyView>

@@ -16,7 +16,7 @@ const FASTIFY_CODES: Record<string, Parameters<typeof proxyError>[0]> = {
 }
 
 /** `/messages/0/role` -> `messages[0].role`, as OpenAI names parameters. */
-export function paramName (instancePath: string): string | null {
+function paramName (instancePath: string): string | null {
   const parts = instancePath.split('/').filter((p) => p.length > 0)
   if (parts.length === 0) return null
   return parts.reduce((acc, p) => (/^\d+$/.test(p) ? `${acc}[${p}]` : acc.length === 0 ? p : `${acc}.${p}`), '')

@@ -37,7 +37,7 @@ const LIMIT_INDEX: Record<string, number> = { OAI_PROXY_TOKENS_LIMITED: 1, OAI_P
  * The kind of limit an error is, or -1. Requests, concurrency and the failed-request guard all answer
  * REQUESTS_LIMITED (OpenAI's one 429 type for them); their messages tell them apart (test/plugins/metrics/metrics.test.ts pins each).
  */
-export function limitKind (err: FastifyError): number {
+function limitKind (err: FastifyError): number {
   if (err.code === 'OAI_PROXY_REQUESTS_LIMITED') {
     if (err.message.startsWith('Too many concurrent')) return LIMIT_KINDS.values.indexOf('concurrency')
     return err.message.startsWith('Too many failed') ? LIMIT_KINDS.values.indexOf('ban') : 0

@@ -28,11 +28,11 @@ declare module 'fastify' {
   }
 }
 
-export const STREAMING = 1
+const STREAMING = 1
 const RECORDED = 2
 
 /** Proxy's own routes, by the label they get; any other route of the suite is `other`, an unmatched path `unmatched`. */
-export const LOCAL_LABELS = ['realtime', 'proxy.usage', 'health', 'status', 'metrics', 'admin', 'other', 'unmatched'] as const
+const LOCAL_LABELS = ['realtime', 'proxy.usage', 'health', 'status', 'metrics', 'admin', 'other', 'unmatched'] as const
 const ENDPOINT_LABELS = [...endpoints.map((e) => e.id), ...LOCAL_LABELS]
 export const ENDPOINTS = fixed(ENDPOINT_LABELS)
 export const rowOf = (label: string): number => ENDPOINT_LABELS.indexOf(label)

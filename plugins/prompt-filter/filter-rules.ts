@@ -35,7 +35,7 @@ const NON_ASCII_SEPARATOR = /[^\p{L}\p{N}\p{ASCII}]/gu
  * nor a digit replaced by a space (one code point for one, so a phrase matches here exactly where it would
  * match the original with `[^\p{L}\p{N}]` as its separator).
  */
-export function phraseView (text: string): string {
+function phraseView (text: string): string {
   return NON_ASCII.test(text) ? text.replace(NON_ASCII_SEPARATOR, ' ') : text
 }
 /** Scripts written without spaces between words: a phrase in them has no word boundary to look for. */

@@ -22,7 +22,7 @@ import { OutputWindow } from './output-window.js'
  */
 
 /** The largest frame of a stream the guard parses; a stream with a larger one is ended as filtered. */
-export const OUTPUT_FRAME_LIMIT = 4 * 1024 * 1024
+const OUTPUT_FRAME_LIMIT = 4 * 1024 * 1024
 const TOO_LARGE: RuleMatch = { id: 'frame_too_large', index: -1 }
 
 /** The largest non-streamed answer the guard reads whole; a larger one is refused (it cannot be checked). */

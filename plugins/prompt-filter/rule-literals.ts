@@ -22,7 +22,7 @@ interface Info {
 
 const MAX_SET = 16
 /** A condition only pays when its strings are this long: a one-letter "literal" is in every prompt. */
-export const MIN_LITERAL = 3
+const MIN_LITERAL = 3
 
 class Unsupported extends Error {}
 

@@ -5,7 +5,7 @@ import type { KeyDisableReason } from './key-pool.js'
 import { redactText } from './redact.js'
 
 /** Upstream error bodies are small; anything larger is not an OpenAI error and is replaced, not relayed. */
-export const ERROR_BODY_LIMIT = 64 * 1024
+const ERROR_BODY_LIMIT = 64 * 1024
 
 /** Read at most `limit` bytes; `null` (and the stream destroyed) if there is more. */
 export async function readCapped (body: Readable, limit = ERROR_BODY_LIMIT): Promise<string | null> {

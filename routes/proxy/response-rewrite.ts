@@ -6,7 +6,7 @@ import { redactText } from '../../plugins/upstream/redact.js'
 import { readCapped } from '../../plugins/upstream/upstream-errors.js'
 
 /** A rewritable answer is a small document (the model list is a few KB); anything larger is refused. */
-export const REWRITE_LIMIT = 1024 * 1024
+const REWRITE_LIMIT = 1024 * 1024
 
 export interface UpstreamAnswer {
   statusCode: number
