@@ -10,14 +10,14 @@ import {
   TranslationFieldsSchema, TranslationForm, type FormSpec, type UploadCaps
 } from './openai-uploads.js'
 
+/** The shape of an endpoint's answer: what the prompt filter dresses a refusal as, and what the output guardrail reads. */
+export type ReplyShape = 'chat.completion' | 'text_completion' | 'response'
+
 /**
  * The allowlist. One row per endpoint the proxy forwards; routes are generated from this table, and
  * nothing else ever reaches upstream. `path` is relative to `/v1`; `:name` marks a path parameter that
  * is re-encoded as exactly one segment upstream.
  */
-/** The shape of an endpoint's answer: what the prompt filter dresses a refusal as, and what the output guardrail reads. */
-export type ReplyShape = 'chat.completion' | 'text_completion' | 'response'
-
 export interface EndpointDefinition {
   /** Stable id, used in options (`endpoints`) and logs. */
   id: string
