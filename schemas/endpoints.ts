@@ -67,7 +67,7 @@ export interface EndpointDefinition {
 
 /**
  * Where a request keeps its prompt text. Every string beneath these top-level fields is text unless it sits
- * under a known identifier/enum/data key (`lib/prompt-text.ts`), so new OpenAI fields are covered too.
+ * under a known identifier/enum/data key (`lib/request-analysis.ts`), so new OpenAI fields are covered too.
  */
 export interface PromptFields {
   /** Top-level body fields holding prompt text (walked to any depth). */
