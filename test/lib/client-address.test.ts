@@ -1,5 +1,9 @@
+import Fastify from 'fastify'
 import t from 'tap'
-import { addressKey } from '../../lib/client-address.js'
+import oaiProxy from '../../app.js'
+import { addressKey, anonymousId, clientId } from '../../lib/client-address.js'
+import { startFakeOpenAI } from '../../testing/fake-openai.js'
+import { assertNoLeak, canaryKey, chatBody, seenByClient } from '../helper.js'
 
 // The bucket of an anonymous caller's address (threat RL03); rate-limit and abuse-guard tests exercise it through the proxy.
 t.test('addressKey: one bucket per address, IPv6 by its /64, ports and brackets gone', async (t) => {
@@ -24,4 +28,31 @@ t.test('addressKey: answers stay right past the bound of the keys it remembers',
   t.strictSame(wrong, [], '5000 addresses, each its own bucket')
   t.equal(addressKey('192.0.2.1'), first)
   t.equal(addressKey('2001:db8:9:9::5'), addressKey('2001:db8:9:9:ffff::1'))
+})
+
+t.test('clientId: the client auth identified, else the address bucket; anonymousId is that bucket', async (t) => {
+  t.equal(clientId({ ip: '2001:db8:1:2::1', oaiProxyClient: { id: 'key_abc' } }), 'key_abc')
+  t.equal(clientId({ ip: '2001:db8:1:2::1', oaiProxyClient: null }), anonymousId('2001:db8:1:2::7'), 'no client (auth never ran): the /64')
+  t.equal(clientId({ ip: '203.0.113.7' }), 'ip:203.0.113.7')
+  t.not(anonymousId('2001:db8:1:2::1'), anonymousId('2001:db8:1:3::1'), 'another /64, another identity')
+})
+
+t.test('auth and the limits see an anonymous caller as one identity: its address bucket (IPv6 by /64)', async (t) => {
+  const key = canaryKey()
+  const upstream = await startFakeOpenAI({ validKeys: [key] })
+  const app = Fastify()
+  const seen: string[] = []
+  // Outside the suite's scope, after it answered: what auth recorded for the request.
+  app.addHook('onResponse', async (request) => { seen.push(String(request.oaiProxyClient?.id)) })
+  await app.register(oaiProxy, { upstreamUrl: upstream.url, openaiKeys: [key], proxyKeys: [], keyHealth: { intervalMs: 0 }, rateLimit: { requestsPerWindow: 2, failuresPerMinute: 0 } })
+  t.teardown(async () => { await app.close(); await upstream.close() })
+  const statuses: number[] = []
+  for (const ip of ['2001:db8:1:2::1', '2001:db8:1:2::2', '2001:db8:1:3::1', '2001:db8:1:2::3']) {
+    const res = await app.inject({ method: 'POST', url: '/v1/chat/completions', remoteAddress: ip, payload: chatBody() })
+    assertNoLeak(t, seenByClient(res), [key], `the answer to ${ip}`)
+    statuses.push(res.statusCode)
+  }
+  const first = anonymousId('2001:db8:1:2::1')
+  t.strictSame(seen, [first, first, anonymousId('2001:db8:1:3::1'), first], 'auth names the /64, not the address')
+  t.strictSame(statuses, [200, 200, 200, 429], 'and the request window counts that same identity')
 })
