@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis'
 import { OutputFilterOptionsSchema, PromptFilterOptionsSchema } from '../prompt-filter/schema.js'
 import { RequestPolicyOptionsSchema } from '../request-policy/schema.js'
 import { MetricsOptionsSchema } from '../metrics/options.js'
+import { RateLimitOptionsSchema } from '../limits/schema.js'
 import type { ResolveClient } from '../auth/index.js'
 
 /*
@@ -13,29 +14,6 @@ import type { ResolveClient } from '../auth/index.js'
 
 const Secret = Type.String({ minLength: 1, maxLength: 512, pattern: '^[\\x21-\\x7e]+$' })
 const Millis = Type.Integer({ minimum: 1, maximum: 24 * 3600 * 1000 })
-const Count = Type.Integer({ minimum: 0, maximum: 1e12 })
-
-export const RateLimitOptionsSchema = Type.Object({
-  /** Requests per client per window. Default 0 (off). */
-  requestsPerWindow: Type.Optional(Count),
-  /** The request window in ms. Default 60 000. */
-  windowMs: Type.Optional(Millis),
-  /** Prompt + output tokens per client per minute. Default 0 (off). */
-  tokensPerMinute: Type.Optional(Count),
-  /** Simultaneous requests per client. Default 0 (off). */
-  maxConcurrent: Type.Optional(Count),
-  /** Failed requests (401/404/405) per address per minute before the address is refused. Default 120; 0 = off. */
-  failuresPerMinute: Type.Optional(Count),
-  /** Output tokens reserved when a request sets no cap. Default 1024. */
-  defaultOutputTokens: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000_000 })),
-  /** Redis unreachable: `open` (default) = per-replica memory limits, `closed` = 503. */
-  onStoreError: Type.Optional(Type.Union([Type.Literal('open'), Type.Literal('closed')])),
-  /** Longest wait for one Redis command. Default 250 ms. */
-  storeTimeoutMs: Type.Optional(Type.Integer({ minimum: 10, maximum: 10_000 })),
-  /** Lease of a concurrency slot in Redis (a crashed replica's slots expire after it). Default 1 h. */
-  slotLeaseMs: Type.Optional(Millis)
-}, { additionalProperties: false })
-export type RateLimitConfig = Static<typeof RateLimitOptionsSchema>
 
 export const OaiProxyOptionsSchema = Type.Object({
   /** Upstream origin (optionally with a path prefix). A trailing `/v1` is tolerated. Default `https://api.openai.com`. */
