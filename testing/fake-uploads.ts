@@ -6,7 +6,7 @@ import { crc32, deflateSync } from 'node:zlib'
 /*
  * Multipart helpers for tests and the fake OpenAI server: a recorder of the forms upstream receives, a
  * builder of client forms, and tiny valid WAV and PNG files. The recorder is a separate, deliberately
- * plain parser (it shares no code with lib/multipart*.ts), so it can serve as an oracle for the proxy's;
+ * plain parser (it shares no code with plugins/form-body/multipart*.ts), so it can serve as an oracle for the proxy's;
  * it hashes file bytes as they stream and never holds a file.
  */
 
