@@ -9,7 +9,7 @@ import type { RuleMatch, RuleSet } from './filter-rules.js'
  * guardrail's matching cost. The screen (plugins/prompt-filter/filter-rules.ts) decides whether any rule can match, and a
  * screen match has at most `screenReach` characters, so a new one ends in the delta and starts at most that
  * far before it. Only that near end is screened, unless an earlier screen match may still be inside the
- * window: then (and on a near match) the whole window is screened and checked, as before. Same answers as
+ * window: then the whole window is. On a screen match the rules run over the whole window, as before. Same answers as
  * checking the whole window every time (test/plugins/prompt-filter/output-window.test.ts). The window stays the one string it
  * always was, replaced on every delta: held in pieces instead, it outlived the young generation's
  * collections and cost a stream more CPU than the copy it saved (docs/performance.md).
@@ -39,10 +39,12 @@ export class OutputWindow {
     this.#seen += delta.length
     const reach = this.#rules.screenReach
     if (reach === null) return this.#rules.first(window)
-    // A longer end than the screen can reach is as good: no screen match in it, none in the window.
+    // While an earlier screen match may still be inside, the whole window is screened; else only the end a new
+    // match can reach (no screen match there: none in the window). A match in that end is one in the window.
     const near = reach + delta.length
-    if (this.#seen - window.length > this.#live && !this.#rules.mayMatch(window.length > near ? window.slice(window.length - near) : window)) return null
-    if (!this.#rules.mayMatch(window)) return null
+    const live = this.#seen - window.length <= this.#live
+    const screened = live || window.length <= near ? window : window.slice(window.length - near)
+    if (!this.#rules.mayMatch(screened)) return null
     this.#live = this.#seen
     return this.#rules.firstScreened(window)
   }

@@ -60,6 +60,19 @@ t.test('the same first match as the whole window, delta by delta', async (t) => 
   t.ok(Object.values(matched).every((n) => n > 30), `streams with a match: ${Object.values(matched).join(', ')} of ~1000 each`)
 })
 
+t.test('a match as long as the screen reaches, ending on the first character of a delta, is caught', async (t) => {
+  // The tightest case the near end must cover: the screen's longest form (16 separators in every gap),
+  // completed by the delta's first character, with more text after it in the same delta.
+  const rules = new RuleSet(['forbidden'], [])
+  const reach = rules.screenReach as number
+  const spaced = [...'forbidden'].join(' '.repeat(16))
+  t.equal(spaced.length, reach, `the longest screen match, ${reach} characters`)
+  const deltas = [spaced.slice(0, -1), 'n' + ' '.repeat(10)]
+  t.strictSame(wholeWindow(rules, 300, deltas).map((h) => h?.id ?? null), [null, 'phrase:1'], 'the whole window matches on the second delta')
+  const window = new OutputWindow(rules, 300)
+  t.strictSame(deltas.map((d) => window.check(d)?.id ?? null), [null, 'phrase:1'], 'and so does the near end')
+})
+
 t.test('a screen match that stays inside the window keeps the whole window checked until it leaves', async (t) => {
   // Screens of two letters ('ab', 'cd', 'ef'): the near end screened on each delta is a few characters, so
   // once 'ab' is further back than that, only the remembered screen match keeps the phrase in sight.
