@@ -85,20 +85,19 @@ function deltas (shape: ReplyShape, obj: Json, choices: Json[]): Array<[string, 
   return out
 }
 
-/** A frame's data: one `data: ` line (OpenAI's frames, read without splitting), else every data line joined. */
-function dataOf (frame: string): string {
-  const end = frame.length - 2
-  if (frame.startsWith('data: ') && frame.indexOf('\n') === end) return frame.slice(6, end)
-  return frame.split(/\r\n|\n|\r/).filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n')
-}
-
-const sse = (data: unknown): string => `data: ${JSON.stringify(data)}\n\n`
-
 /**
  * A frame of one `data: ` line, the way OpenAI sends them: its data needs no splitting into lines. No other
  * line break may be in it (the blank line ends it; a CR anywhere would end a line too).
  */
 const oneDataLine = (text: string): boolean => text.startsWith('data: ') && text.indexOf('\n') === text.length - 2 && !text.includes('\r')
+
+/** A frame's data: one `data: ` line (OpenAI's frames, read without splitting), else every data line joined. */
+function dataOf (frame: string): string {
+  if (oneDataLine(frame)) return frame.slice(6, -2)
+  return frame.split(/\r\n|\n|\r/).filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n')
+}
+
+const sse = (data: unknown): string => `data: ${JSON.stringify(data)}\n\n`
 
 /** A stream stage (the redactor's `before` filter, plugins/upstream/redact.ts) that ends the stream at the first match. */
 export class OutputGuard implements ChunkFilter {

@@ -41,6 +41,16 @@ t.test('chat frames of every shape', async (t) => {
   t.ok(guard.ended)
 })
 
+t.test('a frame whose data line is cut by a bare CR is read as the client reads it: two data lines', async (t) => {
+  // SSE ends a line at CR, LF or CRLF, so the SDK reads `{...}` and `` here and parses `{...}\n`. Checked
+  // the same way on the guardrail's split path (a chunk of two frames), not read as one line that fails to parse.
+  const guard = new OutputGuard('chat.completion', rules, () => {})
+  const cut = `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: 'the purple elephant protocol' } }] })}\rdata: \n\n`
+  const out = run(guard, [cut + 'data: [DONE]\n\n'])
+  t.ok(guard.ended, 'the phrase is caught')
+  t.notMatch(out, /purple/, 'and never sent')
+})
+
 t.test('the window is bounded: a match longer than it across frames is not seen, within it is', async (t) => {
   const small = outputRules({ phrases: ['purple elephant protocol'], windowChars: 16 }) as OutputRules
   let guard = new OutputGuard('chat.completion', small, () => {})
